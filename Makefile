@@ -1,0 +1,30 @@
+# make demo   set up and run `popbs sync` on examples/mail.log into ./demo
+# make test   install what the tests need (Debian packages too) and run them
+# make lint   ruff and mypy
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint system-packages clean
+
+$(VENV)/installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/installed
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh scripts/demo.sh
+
+system-packages:
+	sh scripts/install-system-packages.sh
+
+test: system-packages $(VENV)/installed
+	$(PY) -m pytest
+
+lint: $(VENV)/installed
+	$(VENV)/bin/ruff check popbs_tools tests
+	$(VENV)/bin/ruff format --check popbs_tools tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) demo

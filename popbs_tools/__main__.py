@@ -1,0 +1,3 @@
+from popbs_tools.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""Client addresses: the one spelling Postfix looks up, and the never-grant policy."""
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Always refused, whatever the configuration: a grant for these would open the
+# relay to the mail server's own processes or to nonsense.
+BUILTIN_NEVER_GRANT: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+def normalise(text: str) -> str | None:
+    """Return the key Postfix's smtpd looks up for this address, or None.
+
+    Accepts what servers write: `[1.2.3.4]`, `::ffff:1.2.3.4`, upper-case or
+    uncompressed IPv6. IPv4-mapped IPv6 becomes plain IPv4, because that is how
+    smtpd reports such a client. Leading zeros, zone ids and anything else
+    `ipaddress` rejects give None.
+    """
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return None
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return address.compressed
+    return str(address)
+
+
+def parse_network(text: str) -> IPNetwork:
+    """Parse a CIDR (or a bare address) given as a never-grant setting."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        # Postfix writes IPv6 networks as [2001:db8::]/32.
+        text = text[1:].replace("]", "", 1)
+    return ipaddress.ip_network(text, strict=False)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which addresses may never be granted."""
+
+    never_grant: tuple[IPNetwork, ...] = BUILTIN_NEVER_GRANT
+
+    @classmethod
+    def with_extra(cls, extra: Iterable[IPNetwork]) -> "Policy":
+        return cls(BUILTIN_NEVER_GRANT + tuple(extra))
+
+    def refusal(self, key: str) -> str | None:
+        """Why `key` (a normalised address) must not be granted, or None."""
+        address = ipaddress.ip_address(key)
+        if address.is_loopback:
+            return "loopback address"
+        if address.is_unspecified:
+            return "unspecified address"
+        if address.is_multicast:
+            return "multicast address"
+        for network in self.never_grant:
+            if address.version == network.version and address in network:
+                return f"in never-grant network {network}"
+        return None

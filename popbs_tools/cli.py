@@ -1,0 +1,362 @@
+"""The `popbs` command: thin click commands over the jobs in popbs_tools.jobs."""
+
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import click
+
+from popbs_tools import __version__, grants, jobs, settings
+from popbs_tools.addresses import normalise
+from popbs_tools.errors import (
+    EXIT_INTERNAL,
+    EXIT_NO,
+    InputError,
+    PopbsError,
+    SettingsError,
+)
+from popbs_tools.scan import Found, scan_files
+from popbs_tools.settings import Settings
+from popbs_tools.timestamps import format_left, format_local
+
+log = logging.getLogger("popbs_tools")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _setting_options(command: F) -> F:
+    """The settings every command takes, after its name (`popbs sync --log F`)."""
+    options = [
+        click.option(
+            "--config",
+            metavar="FILE",
+            help="Config file (INI, section [popbs]); default "
+            "/etc/popbs/popbs.conf if it exists.",
+        ),
+        click.option(
+            "--log",
+            "log",
+            multiple=True,
+            metavar="FILE",
+            help="A POP3/IMAP log to scan; repeatable. Default "
+            "/var/log/mail.log, else /var/log/maillog.",
+        ),
+        click.option(
+            "--map",
+            "map",
+            metavar="FILE",
+            help="The grant file; default /etc/postfix/popbs.",
+        ),
+        click.option(
+            "--map-type",
+            metavar="TYPE",
+            help="hash, btree, lmdb, cdb, or none for the plain file; "
+            "default Postfix's default_database_type.",
+        ),
+        click.option(
+            "--state-dir",
+            metavar="DIR",
+            help="Offsets and lock; default /var/lib/popbs.",
+        ),
+        click.option(
+            "--ttl",
+            metavar="TIME",
+            help="How long a login grants relay: 90s, 30m, 2h, 1d or "
+            "seconds; default 30m.",
+        ),
+        click.option(
+            "--never-grant",
+            multiple=True,
+            metavar="CIDR",
+            help="Never grant these networks (besides 127.0.0.0/8 and "
+            "::1); repeatable.",
+        ),
+        click.option(
+            "--postmap",
+            metavar="PATH",
+            help="postmap to run; default from postconf's command_directory.",
+        ),
+        click.option(
+            "--now",
+            metavar="TIME",
+            help="Act as if it were this time (Unix seconds or ISO 8601).",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            count=True,
+            help="Explain each step on stderr; -vv for more.",
+        ),
+        click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING
+    if quiet:
+        level = logging.ERROR
+    elif verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("popbs: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _command(function: Callable[..., int | None]) -> Callable[..., None]:
+    """Resolve settings, run `function`, turn errors into one line and an exit code."""
+
+    @functools.wraps(function)
+    def wrapper(**options: Any) -> None:
+        verbose = options.pop("verbose")
+        _setup_logging(verbose, options.pop("quiet"))
+        names = (
+            "config",
+            "log",
+            "map",
+            "map_type",
+            "state_dir",
+            "ttl",
+            "never_grant",
+            "postmap",
+            "now",
+        )
+        values = {name: options.pop(name) for name in names}
+        try:
+            resolved = settings.resolve(values, settings.environment(), time.time())
+            code = function(resolved, **options)
+        except PopbsError as error:
+            if verbose:
+                log.exception("%s", error)
+            click.echo(f"popbs: error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except BrokenPipeError:
+            sys.exit(0)
+        except Exception as error:
+            if verbose:
+                log.exception("internal error")
+            click.echo(
+                f"popbs: internal error: {type(error).__name__}: {error} "
+                "(run with -v for details)",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(code or 0)
+
+    return wrapper
+
+
+def main() -> None:
+    """Entry point: click's usage errors become one line, like every other error."""
+    try:
+        code = popbs.main(prog_name="popbs", standalone_mode=False)
+    except click.UsageError as error:
+        hint = f"; see '{error.ctx.command_path} --help'" if error.ctx else ""
+        message = error.format_message().rstrip(".")
+        click.echo(f"popbs: error: {message}{hint}", err=True)
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        click.echo(f"popbs: error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except click.Abort:
+        click.echo("popbs: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="popbs")
+def popbs() -> None:
+    """POP-before-SMTP for Postfix: logins in POP3/IMAP logs become a relay map.
+
+    Run `popbs sync` from cron every minute. See popbs(8).
+    """
+
+
+@popbs.command()
+@_setting_options
+@_command
+def sync(config: Settings) -> int:
+    """Scan the logs, merge new logins, prune, publish the map if it changed.
+
+    The cron job. Prints nothing on success; exits 0 without touching
+    anything if another run holds the lock.
+
+    \b
+    Example:
+      popbs sync --log /var/log/mail.log --map /etc/postfix/popbs
+    """
+    jobs.sync(config)
+    return 0
+
+
+@popbs.command()
+@click.argument("files", nargs=-1, metavar="[FILE|-]...")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
+@click.option("--no-state", is_flag=True, help="Read without touching the state.")
+@click.option("--from-start", is_flag=True, help="Ignore the saved offsets.")
+@_setting_options
+@_command
+def scan(
+    config: Settings,
+    files: tuple[str, ...],
+    as_json: bool,
+    no_state: bool,
+    from_start: bool,
+) -> int:
+    """Print the logins found: `IP TIME USER SERVER`, one a line.
+
+    Without FILE, reads the configured logs since their saved offsets and
+    saves the new offsets once the output is written. Reports every login,
+    whatever its age.
+
+    \b
+    Examples:
+      popbs scan /var/log/mail.log.1
+      popbs scan --no-state --from-start --json
+    """
+
+    def emit(login: Found) -> None:
+        line = json.dumps(login.__dict__) if as_json else login.as_text()
+        click.echo(line)
+
+    if files:
+        for login in scan_files(jobs.interpreter(config), files):
+            emit(login)
+    elif no_state:
+        for login in jobs.scan_without_state(config, from_start):
+            emit(login)
+    else:
+        jobs.scan_with_state(config, from_start, emit)
+    sys.stdout.flush()
+    return 0
+
+
+def _input_lines(files: tuple[str, ...]) -> Iterator[tuple[str, list[str]]]:
+    for name in files or ("-",):
+        if name == "-":
+            yield "stdin", sys.stdin.read().splitlines()
+            continue
+        try:
+            with open(name, encoding="utf-8", errors="replace") as handle:
+                yield name, handle.read().splitlines()
+        except OSError as error:
+            raise InputError(f"cannot read {name}: {error.strerror}") from None
+
+
+@popbs.command()
+@click.argument("files", nargs=-1, metavar="[FILE|-]...")
+@_setting_options
+@_command
+def merge(config: Settings, files: tuple[str, ...]) -> int:
+    """Merge `IP [TIME]` lines, or scan's JSON lines, into the grant file.
+
+    One line per address is kept, with the newest time; no TIME means now.
+    Nothing is merged if any line is malformed. Run `popbs publish` (or wait
+    for the next sync) to rebuild the map.
+
+    \b
+    Examples:
+      echo 198.51.100.7 | popbs merge
+      popbs scan --json old.log | popbs merge
+    """
+    entries: list[tuple[str, float]] = []
+    for origin, lines in _input_lines(files):
+        entries += jobs.parse_entries(lines, origin, config.now)
+
+    accepted = []
+    for key, when in entries:
+        refusal = config.policy.refusal(key)
+        if refusal:
+            log.warning("not granting %s: %s", key, refusal)
+        else:
+            accepted.append((key, when))
+
+    def edit(current: grants.Grants) -> grants.Grants:
+        return grants.merge(current, accepted, config.now)
+
+    jobs.locked_update(config, edit, publish_map=False)
+    return 0
+
+
+@popbs.command()
+@_setting_options
+@_command
+def prune(config: Settings) -> int:
+    """Drop grants older than the TTL from the grant file."""
+    change = jobs.locked_update(config, lambda current: current, publish_map=False)
+    for key in change.removed:
+        log.info("pruned %s", key)
+    return 0
+
+
+@popbs.command()
+@_setting_options
+@_command
+def publish(config: Settings) -> int:
+    """Build the map Postfix reads from the grant file (what sync does).
+
+    Creates an empty table when there is no grant file yet.
+    """
+    jobs.publish_now(config)
+    return 0
+
+
+@popbs.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
+@_setting_options
+@_command
+def list_(config: Settings, as_json: bool) -> int:
+    """The current grants: address, last login, time left."""
+    current = grants.load(config.map_path)
+    valid = grants.prune(current, config.ttl, config.now)
+    for key in sorted(valid, key=grants.sort_key):
+        when = valid[key]
+        left = when + config.ttl - config.now
+        if as_json:
+            record = {
+                "ip": key,
+                "time": when,
+                "expires": when + config.ttl,
+                "left": int(left),
+            }
+            click.echo(json.dumps(record))
+        else:
+            click.echo(f"{key:<39} {format_local(when)}  {format_left(left)}")
+    return 0
+
+
+@popbs.command()
+@click.argument("address")
+@_setting_options
+@_command
+def check(config: Settings, address: str) -> int:
+    """Exit 0 if ADDRESS may relay now, and say until when; exit 1 if not."""
+    key = normalise(address)
+    if key is None:
+        raise SettingsError(f"{address!r} is not an IP address")
+    refusal = config.policy.refusal(key)
+    if refusal:
+        click.echo(f"{key} may not relay: {refusal}, never granted")
+        return EXIT_NO
+    when = grants.load(config.map_path).get(key)
+    if when is None:
+        click.echo(f"{key} may not relay: no grant")
+        return EXIT_NO
+    expiry = when + config.ttl
+    if config.now >= expiry:
+        click.echo(f"{key} may not relay: its grant expired at {format_local(expiry)}")
+        return EXIT_NO
+    click.echo(
+        f"{key} may relay until {format_local(expiry)} "
+        f"({format_left(expiry - config.now)} left)"
+    )
+    return 0

@@ -1,0 +1,224 @@
+"""The jobs behind the commands: sync, merge, prune, publish, list, check."""
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from popbs_tools import fsutil, grants, locking, publish, state
+from popbs_tools.addresses import normalise
+from popbs_tools.errors import InputError, MapError, StateError
+from popbs_tools.grants import Grants
+from popbs_tools.recognise import Recogniser
+from popbs_tools.scan import Found, Interpreter, scan_configured
+from popbs_tools.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Manual commands wait this long for a running sync rather than give up.
+MANUAL_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class Change:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    written: bool = False
+    published: bool = False
+
+
+def interpreter(settings: Settings) -> Interpreter:
+    return Interpreter(Recogniser(), settings.policy, settings.now)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise MapError(f"cannot read {path}: {error.strerror}") from None
+
+
+def update(
+    settings: Settings, edit: Callable[[Grants], Grants], publish_map: bool
+) -> Change:
+    """Apply `edit` and the TTL to the grant file; write only if something changed.
+
+    With `publish_map`, the map is rebuilt too when it is missing or older
+    than the grant file (a first run, or a run killed before postmap).
+    """
+    old_data = _read(settings.map_path)
+    old = grants.parse(old_data, str(settings.map_path)) if old_data else {}
+
+    new = grants.prune(edit(old), settings.ttl, settings.now)
+    new_data = grants.render(new)
+    change = Change(
+        added=tuple(sorted(set(new) - set(old))),
+        removed=tuple(sorted(set(old) - set(new))),
+    )
+
+    unchanged = new_data == old_data
+    if publish_map:
+        if unchanged and publish.is_current(settings.map_path, settings.map_type):
+            return change
+        publish.publish(
+            settings.map_path, new_data, settings.map_type, settings.postmap
+        )
+        return Change(change.added, change.removed, written=True, published=True)
+    if unchanged:
+        return change
+    try:
+        fsutil.replace(settings.map_path, new_data)
+    except OSError as error:
+        raise MapError(f"cannot write {settings.map_path}: {error.strerror}") from None
+    return Change(change.added, change.removed, written=True)
+
+
+def _lock_path(settings: Settings) -> Path:
+    state.prepare_dir(settings.state_dir)
+    return settings.state_dir / state.LOCK_FILE
+
+
+def sync(settings: Settings) -> Change | None:
+    """The cron job. Returns None when another run holds the lock."""
+    try:
+        with locking.held(_lock_path(settings)):
+            return _sync_locked(settings)
+    except locking.Busy:
+        log.info("another popbs run holds the lock; nothing done")
+        return None
+
+
+def _sync_locked(settings: Settings) -> Change:
+    saved = state.load(settings.state_dir)
+    found, positions = scan_configured(
+        interpreter(settings), settings.logs, saved, False
+    )
+
+    latest: Grants = {}
+    for login in found:
+        if login.time > latest.get(login.ip, -1):
+            latest[login.ip] = login.time
+
+    def edit(current: Grants) -> Grants:
+        return grants.merge(current, latest.items(), settings.now)
+
+    change = update(settings, edit, publish_map=True)
+
+    # Offsets are saved last: a run killed before this reads the same lines
+    # again, and merging them twice changes nothing.
+    if positions != saved:
+        state.save(settings.state_dir, positions)
+    return change
+
+
+def scan_with_state(
+    settings: Settings, from_start: bool, emit: Callable[[Found], None]
+) -> None:
+    """Report logins since the saved offsets, then save the new offsets."""
+    try:
+        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
+            saved = state.load(settings.state_dir)
+            found, positions = scan_configured(
+                interpreter(settings), settings.logs, saved, from_start
+            )
+            for login in found:
+                emit(login)
+            if positions != saved:
+                state.save(settings.state_dir, positions)
+    except locking.Busy:
+        raise StateError(
+            f"another popbs run has held {settings.state_dir / state.LOCK_FILE} "
+            f"for {MANUAL_WAIT:.0f}s; try again"
+        ) from None
+
+
+def scan_without_state(settings: Settings, from_start: bool) -> Iterator[Found]:
+    saved = {} if from_start else _load_quietly(settings.state_dir)
+    found, _ = scan_configured(interpreter(settings), settings.logs, saved, from_start)
+    return found
+
+
+def _load_quietly(state_dir: Path) -> state.Positions:
+    if not (state_dir / state.STATE_FILE).exists():
+        return {}
+    return state.load(state_dir)
+
+
+def locked_update(
+    settings: Settings, edit: Callable[[Grants], Grants], publish_map: bool
+) -> Change:
+    try:
+        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
+            return update(settings, edit, publish_map)
+    except locking.Busy:
+        raise StateError(
+            f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; try again"
+        ) from None
+
+
+def publish_now(settings: Settings) -> None:
+    """Rebuild the map from the grant file as it is (an empty one if absent)."""
+    try:
+        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
+            data = _read(settings.map_path)
+            # Parsing refuses a hand-broken file before postmap half-reads it.
+            current = grants.parse(data, str(settings.map_path)) if data else {}
+            publish.publish(
+                settings.map_path,
+                grants.render(current),
+                settings.map_type,
+                settings.postmap,
+            )
+    except locking.Busy:
+        raise StateError(
+            f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; try again"
+        ) from None
+
+
+def parse_entries(
+    lines: Iterable[str], origin: str, now: float
+) -> list[tuple[str, float]]:
+    """`IP [TIME ...]` lines or scan's JSON lines; raise InputError on a bad one."""
+    entries: list[tuple[str, float]] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        raw_ip, raw_time = _fields(text)
+        key = normalise(raw_ip) if raw_ip else None
+        when = _number(raw_time, now)
+        if key is None or when is None:
+            raise InputError(
+                f"{origin}, line {number}: expected 'IP [TIME]' or scan's JSON, "
+                f"found {text[:60]!r}; nothing was merged"
+            )
+        entries.append((key, when))
+    return entries
+
+
+def _fields(text: str) -> tuple[str | None, object]:
+    if text.startswith("{"):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return None, None
+        if not isinstance(record, dict) or not isinstance(record.get("ip"), str):
+            return None, None
+        return record["ip"], record.get("time")
+    fields = text.split()
+    return fields[0], fields[1] if len(fields) > 1 else None
+
+
+def _number(raw: object, now: float) -> float | None:
+    if raw is None:
+        return now
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        return float(raw) if raw >= 0 else None
+    if isinstance(raw, str) and raw.isdigit():
+        return float(raw)
+    return None

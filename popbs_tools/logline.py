@@ -1,0 +1,128 @@
+"""Split a log line into its header (time, host, program tag, pid) and message.
+
+Recognition rules are anchored on the program tag and the start of the message,
+so this split decides what text a rule may trust: everything after the tag is
+the program's own message, everything before it was written by the logger.
+"""
+
+import re
+from dataclasses import dataclass
+
+from popbs_tools import timestamps
+from popbs_tools.timestamps import Stamp
+
+_MON = r"(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_YEARLESS = rf"{_MON} +(?P<day>\d{{1,2}}) (?P<hms>\d\d:\d\d:\d\d)(?:\.\d+)?"
+_ISO = (
+    r"(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?"
+    r"(?:Z|[+-]\d\d(?::?\d\d)?)?)"
+)
+_CTIME = (
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MON} +(?P<day>\d{{1,2}}) "
+    r"(?P<hms>\d\d:\d\d:\d\d) (?P<year>\d{4})"
+)
+
+# RFC 5424 as rsyslog writes it to a file: <PRI>1 TIME HOST APP PROCID MSGID SD MSG
+_RFC5424 = re.compile(
+    r"(?:<\d{1,3}>)?1 (?P<iso>\S+) (?P<host>\S+) (?P<tag>\S+) (?P<pid>\S+) \S+ "
+    r"(?P<rest>.*)",
+    re.DOTALL,
+)
+_STAMPED = re.compile(rf"(?:{_YEARLESS}|{_ISO}) (?P<rest>.*)", re.DOTALL)
+_CTIME_STAMPED = re.compile(rf"{_CTIME} \[(?P<pid>\d+)\] (?P<rest>.*)", re.DOTALL)
+# Dovecot 0.99 and 1.x in their own log_path: "pop3-login: Dec 04 14:57:10 Info: ..."
+_PREFIXED = re.compile(rf"(?P<tag>[\w.-]+): {_YEARLESS} (?P<rest>.*)", re.DOTALL)
+
+_TAG = r"(?P<tag>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?"
+_WITH_HOST = re.compile(rf"(?P<host>\S*[^\s:]) {_TAG}: (?P<msg>.*)", re.DOTALL)
+_NO_HOST = re.compile(rf"{_TAG}: (?P<msg>.*)", re.DOTALL)
+_BRACKET_TAG = re.compile(r"\[(?P<tag>[\w.-]+)\] (?P<msg>.*)", re.DOTALL)
+
+# Solaris syslogd inserts "[ID 748625 mail.info] " before the message.
+_SOLARIS_ID = re.compile(r"\[ID \d+ [\w.]+\] ")
+# syslogd folds identical lines; what it wraps is the program's own message.
+_REPEATED = re.compile(r"message repeated \d+ times: \[ ?(?P<msg>.*)\]", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Record:
+    stamp: Stamp
+    host: str
+    tag: str
+    pid: str
+    message: str
+
+
+def _stamp(match: re.Match[str]) -> Stamp:
+    groups = match.groupdict()
+    if groups.get("year"):
+        return timestamps.parse_ctime(
+            groups["mon"], groups["day"], groups["hms"], groups["year"]
+        )
+    if groups.get("iso"):
+        return timestamps.parse_iso(groups["iso"])
+    if groups.get("mon"):
+        return timestamps.parse_yearless(groups["mon"], groups["day"], groups["hms"])
+    return None
+
+
+def _skip_structured_data(rest: str) -> str | None:
+    """Return the MSG after RFC 5424 STRUCTURED-DATA, or None if malformed."""
+    if rest.startswith("- ") or rest == "-":
+        return rest[2:]
+    position = 0
+    while position < len(rest) and rest[position] == "[":
+        position += 1
+        while position < len(rest) and rest[position] != "]":
+            # Inside a PARAM-VALUE, "\]" is an escaped bracket, not the end.
+            position += 2 if rest[position] == "\\" else 1
+        if position >= len(rest):
+            return None
+        position += 1
+    if position == 0:
+        return None
+    return rest[position + 1 :] if rest[position : position + 1] == " " else ""
+
+
+def _finish(stamp: Stamp, host: str, tag: str, pid: str | None, msg: str) -> Record:
+    msg = msg.removeprefix("\ufeff")
+    repeated = _REPEATED.fullmatch(msg)
+    if repeated:
+        msg = repeated["msg"]
+    solaris = _SOLARIS_ID.match(msg)
+    if solaris:
+        msg = msg[solaris.end() :]
+    return Record(stamp, host, tag, pid or "", msg)
+
+
+def parse(line: str) -> Record | None:
+    """Parse one line of a syslog file or a server's own log file."""
+    match = _RFC5424.fullmatch(line)
+    if match:
+        msg = _skip_structured_data(match["rest"])
+        if msg is None:
+            return None
+        pid = match["pid"] if match["pid"] != "-" else ""
+        return _finish(_stamp(match), match["host"], match["tag"], pid, msg)
+
+    match = _CTIME_STAMPED.fullmatch(line)
+    if match:
+        return _finish(_stamp(match), "", "", match["pid"], match["rest"])
+
+    match = _STAMPED.fullmatch(line)
+    if match:
+        stamp, rest = _stamp(match), match["rest"]
+        for pattern in (_WITH_HOST, _NO_HOST):
+            header = pattern.fullmatch(rest)
+            if header:
+                host = header.groupdict().get("host") or ""
+                return _finish(stamp, host, header["tag"], header["pid"], header["msg"])
+        header = _BRACKET_TAG.fullmatch(rest)
+        if header:
+            return _finish(stamp, "", header["tag"], None, header["msg"])
+        return None
+
+    match = _PREFIXED.fullmatch(line)
+    if match:
+        return _finish(_stamp(match), "", match["tag"], None, match["rest"])
+    return None

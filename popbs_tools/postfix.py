@@ -1,0 +1,94 @@
+"""Postfix's own commands: postconf for defaults, postmap to build the map."""
+
+import logging
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+from popbs_tools.errors import MapError
+
+log = logging.getLogger(__name__)
+
+MAP_TYPES = ("hash", "btree", "lmdb", "cdb", "none")
+SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+# cron's PATH is usually /usr/bin:/bin; Postfix installs its commands in sbin.
+_SBIN = ("/usr/sbin", "/usr/local/sbin", "/opt/local/sbin", "/usr/pkg/sbin")
+
+
+def _postconf() -> str:
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
+    found = shutil.which("postconf", path=search)
+    if found is None:
+        raise MapError(
+            "postconf not found: install Postfix, or give --postmap and --map-type"
+        )
+    return found
+
+
+@cache
+def postconf(name: str) -> str:
+    """One main.cf parameter, read as Postfix reads it (MAIL_CONFIG included)."""
+    command = [_postconf(), "-h", name]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise MapError(f"cannot run {command[0]}: {error}") from None
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise MapError(f"postconf -h {name} failed: {detail}")
+    return done.stdout.strip()
+
+
+def default_map_type() -> str:
+    value = postconf("default_database_type")
+    if value not in SUFFIXES:
+        raise MapError(
+            f"Postfix's default_database_type is {value!r}, which popbs cannot "
+            f"build; give --map-type ({', '.join(MAP_TYPES)})"
+        )
+    return value
+
+
+def default_postmap() -> Path:
+    return Path(postconf("command_directory")) / "postmap"
+
+
+def map_file(source: Path, map_type: str) -> Path | None:
+    """The file postmap builds from `source`, or None for the plain file alone."""
+    if map_type == "none":
+        return None
+    return source.with_name(source.name + SUFFIXES[map_type])
+
+
+def build(postmap: Path, map_type: str, source: Path) -> Path:
+    """Run postmap on `source` and return the file it built.
+
+    postmap exits 0 after some warnings (a malformed line is skipped, not
+    refused), so a warning about our own file counts as a failure.
+    """
+    command = [str(postmap), f"{map_type}:{source}"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        raise MapError(
+            f"postmap not found at {postmap}: install Postfix or give --postmap"
+        ) from None
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise MapError(f"cannot run {postmap}: {error}") from None
+
+    lines = done.stderr.strip().splitlines()
+    ours = [line for line in lines if str(source) in line or source.name in line]
+    if done.returncode != 0 or ours:
+        detail = (ours or lines or [f"exit status {done.returncode}"])[-1]
+        raise MapError(f"postmap failed: {detail}")
+    for line in lines:
+        log.warning("%s", line)
+
+    built = map_file(source, map_type)
+    assert built is not None
+    if not built.exists():
+        raise MapError(f"postmap reported success but {built} is missing")
+    return built

@@ -1,0 +1,259 @@
+"""Read a log from its saved position to its last complete line, in bytes.
+
+Only the lines that hold one of the recognisers' markers are handed on: big
+chunks are searched with bytes.find, which is much cheaper than splitting every
+line in Python. A generation of the log is recognised by content (see
+state.Position), so rename, copytruncate and inode reuse are told apart
+without trusting inode numbers.
+"""
+
+import bz2
+import gzip
+import hashlib
+import logging
+import lzma
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from popbs_tools.errors import InputError
+from popbs_tools.state import START, Position
+
+log = logging.getLogger(__name__)
+
+HEAD = 1024
+TAIL = 256
+CHUNK = 1 << 20
+# A line longer than this cannot be a login: it is skipped, in bounded memory.
+MAX_LINE = 64 * 1024
+
+_MAGIC = (
+    (b"\x1f\x8b", gzip.open),
+    (b"BZh", bz2.open),
+    (b"\xfd7zXZ\x00", lzma.open),
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where candidate lines come from: a generation, and its modification time."""
+
+    name: str
+    mtime: float | None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_any(path: Path) -> tuple[BinaryIO, bool]:
+    """Open a log, through its decompressor if its magic bytes say so.
+
+    Returns the stream and whether it was compressed (a compressed generation
+    is final: it will not grow).
+    """
+    handle = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    magic = handle.read(6)
+    for prefix, opener in _MAGIC:
+        if magic.startswith(prefix):
+            handle.close()
+            return cast(BinaryIO, opener(path, "rb")), True
+    handle.seek(0)
+    return handle, False
+
+
+def candidate_lines(data: bytes, markers: tuple[bytes, ...]) -> list[bytes]:
+    """The lines of `data` (complete lines only) that hold a marker, in order."""
+    starts: dict[int, int] = {}
+    for marker in markers:
+        found = data.find(marker)
+        while found != -1:
+            start = data.rfind(b"\n", 0, found) + 1
+            end = data.find(b"\n", found)
+            if end == -1:
+                end = len(data)
+            starts[start] = end
+            found = data.find(marker, end)
+    return [data[start : starts[start]] for start in sorted(starts)]
+
+
+def read_from(
+    handle: BinaryIO, start: int, markers: tuple[bytes, ...], final: bool
+) -> Iterator[bytes | int]:
+    """Yield candidate lines from `start`; the last item is the end offset.
+
+    The end offset is just after the last complete line. A final generation's
+    last line counts even without a newline.
+    """
+    if handle.seekable():
+        handle.seek(start)
+    else:
+        _skip(handle, start)
+    consumed = start
+    pending = b""
+    skipping = False
+    while True:
+        chunk = handle.read(CHUNK)
+        if not chunk:
+            break
+        data = pending + chunk
+        cut = data.rfind(b"\n") + 1
+        if skipping and cut:
+            # Drop the rest of an overlong line, up to its newline.
+            skip = data.find(b"\n") + 1
+            consumed += skip
+            data, cut, skipping = data[skip:], cut - skip, False
+        if not skipping:
+            yield from candidate_lines(data[:cut], markers)
+        consumed += cut
+        pending = data[cut:]
+        if len(pending) > MAX_LINE:
+            log.warning(
+                "skipping a line over %d bytes at offset %d", MAX_LINE, consumed
+            )
+            consumed += len(pending)
+            pending, skipping = b"", True
+    if final and pending and not skipping:
+        yield from candidate_lines(pending, markers)
+        consumed += len(pending)
+    yield consumed
+
+
+def _skip(handle: BinaryIO, count: int) -> None:
+    while count > 0:
+        chunk = handle.read(min(count, CHUNK))
+        if not chunk:
+            break
+        count -= len(chunk)
+
+
+def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
+    handle.seek(offset)
+    return handle.read(size)
+
+
+def position_of(handle: BinaryIO, offset: int, stat: os.stat_result) -> Position:
+    head = _read_at(handle, 0, HEAD)
+    tail_len = min(TAIL, offset)
+    tail = _read_at(handle, offset - tail_len, tail_len)
+    return Position(
+        offset,
+        _digest(head),
+        len(head),
+        _digest(tail),
+        tail_len,
+        stat.st_dev,
+        stat.st_ino,
+    )
+
+
+def holds(handle: BinaryIO, saved: Position) -> bool:
+    """Whether this stream is the generation `saved` was taken from."""
+    head = _read_at(handle, 0, saved.head_len)
+    if len(head) != saved.head_len or _digest(head) != saved.head:
+        return False
+    # Compressed streams seek by decompressing forward: slow, but only done
+    # when the live log no longer holds the saved generation.
+    tail = _read_at(handle, saved.offset - saved.tail_len, saved.tail_len)
+    return len(tail) == saved.tail_len and _digest(tail) == saved.tail
+
+
+def rotated_siblings(path: Path) -> list[Path]:
+    """Files that may be earlier generations of `path`, newest first.
+
+    logrotate and savelog write X.1, X.0, X-YYYYMMDD, each maybe compressed.
+    """
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    names = (path.name + ".", path.name + "-")
+    found = [
+        entry
+        for entry in entries
+        if entry.name.startswith(names) and entry.is_file() and not entry.is_symlink()
+    ]
+    return sorted(found, key=lambda entry: entry.stat().st_mtime, reverse=True)
+
+
+@dataclass
+class LogScan:
+    """One configured log, read from its saved position.
+
+    Iterate `lines()` for (source, candidate line); afterwards `position` is
+    what to save, or None when nothing should change.
+    """
+
+    path: Path
+    saved: Position | None
+    markers: tuple[bytes, ...]
+    position: Position | None = None
+
+    def lines(self) -> Iterator[tuple[Source, bytes]]:
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            yield from self._missing()
+            return
+        except OSError as error:
+            raise InputError(f"cannot read log {self.path}: {error.strerror}") from None
+
+        with handle:
+            stat = os.fstat(handle.fileno())
+            start = 0
+            if self.saved is not None:
+                if holds(handle, self.saved):
+                    start = self.saved.offset
+                    if start == stat.st_size:
+                        return
+                else:
+                    yield from self._finish_previous()
+            source = Source(str(self.path), stat.st_mtime)
+            end = start
+            for item in read_from(handle, start, self.markers, final=False):
+                if isinstance(item, int):
+                    end = item
+                else:
+                    yield source, item
+            if self.saved is None or end != start or start != self.saved.offset:
+                self.position = position_of(handle, end, stat)
+
+    def _missing(self) -> Iterator[tuple[Source, bytes]]:
+        # Mid-rotation the path can be missing for a moment: keep the position,
+        # but finish the old generation if it already sits under a new name.
+        if self.saved is None or self.saved == START:
+            log.info("log %s is missing; nothing to read", self.path)
+            return
+        log.warning("log %s is missing", self.path)
+        yield from self._finish_previous()
+
+    def _finish_previous(self) -> Iterator[tuple[Source, bytes]]:
+        assert self.saved is not None
+        for sibling in rotated_siblings(self.path):
+            try:
+                handle, compressed = open_any(sibling)
+            except OSError:
+                continue
+            with handle:
+                try:
+                    if not holds(handle, self.saved):
+                        continue
+                except (OSError, EOFError, lzma.LZMAError):
+                    continue
+                log.info("finishing %s from offset %d", sibling, self.saved.offset)
+                source = Source(str(sibling), sibling.stat().st_mtime)
+                for item in read_from(
+                    handle, self.saved.offset, self.markers, compressed
+                ):
+                    if not isinstance(item, int):
+                        yield source, item
+            self.position = START
+            return
+        if self.path.exists():
+            log.warning(
+                "%s was truncated or replaced and no rotated copy holds the rest; "
+                "reading it from the start",
+                self.path,
+            )

@@ -1,0 +1,186 @@
+"""Bad input: one line on stderr, a documented exit code, the old map intact."""
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import POSTMAP, Setup, dovecot_line
+
+pytestmark = pytest.mark.skipif(POSTMAP is None, reason="Postfix's postmap missing")
+
+NOW = ("--now", "2026-12-04T15:00:00")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    """A set-up with one published grant, whose files must survive each error."""
+    setup = Setup(tmp_path)
+    setup.append(dovecot_line("198.51.100.1", when="Dec  4 14:50:00"))
+    setup.popbs("sync", *NOW, check=True)
+    assert setup.query("198.51.100.1") is not None
+    return setup
+
+
+def snapshot(setup: Setup) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(setup.map_dir.iterdir())}
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int) -> str:
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("popbs: error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+def test_unknown_option(setup: Setup) -> None:
+    done = setup.popbs("sync", "--frobnicate")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "popbs: error: No such option '--frobnicate'; see 'popbs sync --help'\n"
+    )
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--ttl", "soon"), "bad --ttl"),
+        (("--now", "yesterday"), "bad --now"),
+        (("--never-grant", "10.0.0.0/33"), "bad --never-grant"),
+        (("--map-type", "mysql"), "bad --map-type"),
+        (("--config", "/nonexistent/popbs.conf"), "does not exist"),
+    ],
+    ids=["ttl", "now", "never-grant", "map-type", "missing-config"],
+)
+def test_bad_setting_values(setup: Setup, args: tuple[str, ...], words: str) -> None:
+    before = snapshot(setup)
+    line = assert_one_line_error(setup.popbs("sync", *args), 2)
+    assert words in line
+    assert snapshot(setup) == before
+
+
+def test_unreadable_log(setup: Setup) -> None:
+    before = snapshot(setup)
+    setup.log.unlink()
+    setup.log.mkdir()  # open() fails with EISDIR, even for root
+    setup.append(dovecot_line("198.51.100.2"), log=setup.root / "other.log")
+    done = setup.popbs("sync", *NOW)
+    line = assert_one_line_error(done, 3)
+    assert f"cannot read log {setup.log}" in line
+    assert snapshot(setup) == before
+
+
+def test_unreadable_log_with_v_shows_traceback(setup: Setup) -> None:
+    setup.log.unlink()
+    setup.log.mkdir()
+    done = setup.popbs("sync", *NOW, "-v")
+    assert done.returncode == 3
+    assert "Traceback" in done.stderr
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """A real read-only mount over `directory` (root may still not write)."""
+    mounted = subprocess.run(
+        ["mount", "--bind", str(directory), str(directory)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(directory)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def test_unwritable_map_directory(setup: Setup) -> None:
+    setup.append(dovecot_line("198.51.100.2", when="Dec  4 14:55:00"))
+    before = snapshot(setup)
+    with read_only(setup.map_dir):
+        done = setup.popbs("sync", *NOW)
+        line = assert_one_line_error(done, 4)
+        assert f"cannot write in {setup.map_dir}" in line
+        assert snapshot(setup) == before
+        assert setup.query("198.51.100.1") is not None
+
+    # The logins were not lost: the offsets were not saved.
+    setup.popbs("sync", *NOW, check=True)
+    assert setup.query("198.51.100.2") is not None
+
+
+def test_map_directory_missing(setup: Setup) -> None:
+    done = setup.popbs("sync", *NOW, "--map", str(setup.root / "no" / "popbs"))
+    assert "cannot write in" in assert_one_line_error(done, 4)
+
+
+def test_postmap_missing(setup: Setup) -> None:
+    setup.append(dovecot_line("198.51.100.2", when="Dec  4 14:55:00"))
+    before = snapshot(setup)
+    done = setup.popbs("sync", *NOW, "--postmap", str(setup.root / "no-postmap"))
+    assert "postmap not found" in assert_one_line_error(done, 4)
+    assert snapshot(setup) == before
+
+
+def test_postmap_failing(setup: Setup) -> None:
+    setup.append(dovecot_line("198.51.100.2", when="Dec  4 14:55:00"))
+    before = snapshot(setup)
+    # The real postmap, failing for real: its MAIL_CONFIG has no main.cf.
+    (setup.mail_config / "main.cf").unlink()
+    done = setup.popbs("sync", *NOW, "--postmap", str(POSTMAP))
+    line = assert_one_line_error(done, 4)
+    assert "postmap failed" in line and "main.cf" in line
+    assert snapshot(setup) == before
+
+
+def test_corrupt_grant_file_is_refused_not_overwritten(setup: Setup) -> None:
+    setup.map.write_text("# x\n198.51.100.1 1796395800 # hand edit\n")
+    done = setup.popbs("sync", *NOW)
+    assert "line 2" in assert_one_line_error(done, 4)
+    assert setup.map.read_text() == "# x\n198.51.100.1 1796395800 # hand edit\n"
+
+
+def test_malformed_merge_input_merges_nothing(setup: Setup) -> None:
+    before = snapshot(setup)
+    done = setup.popbs("merge", *NOW, stdin="198.51.100.5 1796395800\nfoo bar\n")
+    assert "stdin, line 2" in assert_one_line_error(done, 3)
+    assert snapshot(setup) == before
+
+
+def test_merge_refuses_never_grant_with_a_warning(setup: Setup) -> None:
+    done = setup.popbs(
+        "merge",
+        *NOW,
+        "--never-grant",
+        "203.0.113.0/24",
+        stdin="127.0.0.5\n203.0.113.9\n198.51.100.5\n",
+    )
+    assert done.returncode == 0
+    assert "not granting 127.0.0.5: loopback" in done.stderr
+    assert "not granting 203.0.113.9: in never-grant network" in done.stderr
+    keys = [line.split()[0] for line in setup.map.read_text().splitlines()[1:]]
+    assert keys == ["198.51.100.1", "198.51.100.5"]
+
+
+def test_corrupt_state_is_refused_and_kept(setup: Setup) -> None:
+    state = setup.state_dir / "state.json"
+    state.write_bytes(b"\0\0\0")
+    done = setup.popbs("sync", *NOW)
+    assert "corrupt" in assert_one_line_error(done, 5)
+    assert state.read_bytes() == b"\0\0\0"
+
+
+def test_state_from_newer_version_is_refused(setup: Setup) -> None:
+    state = setup.state_dir / "state.json"
+    text = state.read_text().replace('"version": 1', '"version": 99')
+    state.write_text(text)
+    done = setup.popbs("sync", *NOW)
+    assert "newer popbs" in assert_one_line_error(done, 5)
+    assert state.read_text() == text
+
+
+def test_check_bad_address(setup: Setup) -> None:
+    done = setup.popbs("check", "not-an-ip")
+    assert "not an IP address" in assert_one_line_error(done, 2)

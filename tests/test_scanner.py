@@ -1,0 +1,170 @@
+"""Reading a log since the saved offset, through rotation, on real files.
+
+Each case asserts through `popbs scan` with state that every login line is
+reported exactly once across runs.
+"""
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+from helpers import Setup, dovecot_line, noise
+
+from popbs_tools import scanner
+from popbs_tools.state import Position
+
+NOW = ["--now", "2026-12-04T16:00:00"]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(tmp_path)
+
+
+def scanned(setup: Setup) -> list[str]:
+    """IPs reported by one `popbs scan` run with state."""
+    done = setup.popbs("scan", *NOW, check=True)
+    return [line.split()[0] for line in done.stdout.splitlines()]
+
+
+def test_first_run_reads_whole_file_then_only_what_is_new(setup: Setup) -> None:
+    setup.append(*noise(5), dovecot_line("198.51.100.1"), *noise(3))
+    assert scanned(setup) == ["198.51.100.1"]
+    assert scanned(setup) == []
+
+    setup.append(dovecot_line("198.51.100.2"), *noise(2))
+    assert scanned(setup) == ["198.51.100.2"]
+
+
+def test_nothing_new_rewrites_no_state(setup: Setup) -> None:
+    setup.append(dovecot_line("198.51.100.1"))
+    scanned(setup)
+    state = setup.state_dir / "state.json"
+    before = state.stat()
+
+    assert scanned(setup) == []
+    after = state.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_half_written_last_line_is_read_once_when_complete(setup: Setup) -> None:
+    line = dovecot_line("198.51.100.3")
+    with open(setup.log, "w") as handle:
+        handle.write(dovecot_line("198.51.100.1") + "\n" + line[:40])
+    assert scanned(setup) == ["198.51.100.1"]
+
+    with open(setup.log, "a") as handle:
+        handle.write(line[40:] + "\n")
+    assert scanned(setup) == ["198.51.100.3"]
+    assert scanned(setup) == []
+
+
+def test_rename_rotation_finishes_old_file_then_reads_new(setup: Setup) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))  # unread when rotation comes
+
+    setup.log.rename(setup.log.with_name("mail.log.1"))
+    setup.append(dovecot_line("198.51.100.3"), *noise(3))
+    assert scanned(setup) == ["198.51.100.2", "198.51.100.3"]
+    assert scanned(setup) == []
+
+
+def test_rename_and_compress_is_found_by_content(setup: Setup) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+
+    rotated = setup.log.with_name("mail.log.1.gz")
+    rotated.write_bytes(gzip.compress(setup.log.read_bytes()))
+    setup.log.unlink()
+    setup.append(dovecot_line("198.51.100.3"))
+    assert scanned(setup) == ["198.51.100.2", "198.51.100.3"]
+
+
+def test_dateext_rotation(setup: Setup) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+
+    setup.log.rename(setup.log.with_name("mail.log-20261204"))
+    setup.append(dovecot_line("198.51.100.3"))
+    assert scanned(setup) == ["198.51.100.2", "198.51.100.3"]
+
+
+@pytest.mark.parametrize("regrown", [False, True], ids=["shorter", "regrown-past"])
+def test_copytruncate(setup: Setup, regrown: bool) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+
+    # logrotate's copytruncate: copy to .1, truncate the live file in place.
+    setup.log.with_name("mail.log.1").write_bytes(setup.log.read_bytes())
+    inode = setup.log.stat().st_ino
+    os.truncate(setup.log, 0)
+    new_lines = [dovecot_line("198.51.100.3", when="Dec  4 15:00:00")]
+    if regrown:
+        new_lines += noise(200, when="Dec  4 15:00:01")
+    setup.append(*new_lines)
+    assert setup.log.stat().st_ino == inode
+    assert (setup.log.stat().st_size > 4000) == regrown
+
+    assert scanned(setup) == ["198.51.100.2", "198.51.100.3"]
+    assert scanned(setup) == []
+
+
+def test_truncated_in_place_without_copy_reads_from_start(setup: Setup) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+
+    # An unrelated .1 must not be adopted as the copy.
+    setup.append(dovecot_line("198.51.100.9"), log=setup.log.with_name("mail.log.1"))
+    os.truncate(setup.log, 0)
+    setup.append(dovecot_line("198.51.100.3"))
+    done = setup.popbs("scan", *NOW, check=True)
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["198.51.100.3"]
+    assert "truncated or replaced" in done.stderr
+
+
+def test_missing_log_keeps_position(setup: Setup) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    saved = (setup.state_dir / "state.json").read_bytes()
+
+    setup.log.unlink()
+    done = setup.popbs("scan", *NOW, check=True)
+    assert done.stdout == ""
+    assert (setup.state_dir / "state.json").read_bytes() == saved
+
+
+def test_new_file_with_same_size_is_a_new_generation(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.write_text(dovecot_line("198.51.100.1") + "\n")
+    with open(log, "rb") as handle:
+        saved = scanner.position_of(handle, log.stat().st_size, log.stat())
+
+    log.write_text(dovecot_line("198.51.100.2") + "\n")
+    with open(log, "rb") as handle:
+        assert not scanner.holds(handle, saved)
+
+
+def test_overlong_line_is_skipped_in_bounded_memory(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    with open(log, "wb") as handle:
+        handle.write(b"Dec  4 14:40:11 mail junk: " + b"Login: x" * 400_000 + b"\n")
+        handle.write(dovecot_line("198.51.100.4").encode() + b"\n")
+    reader = scanner.LogScan(log, None, (b"Login: ",))
+    lines = [line for _, line in reader.lines()]
+    assert len(lines) == 1 and b"198.51.100.4" in lines[0]
+    assert isinstance(reader.position, Position)
+    assert reader.position.offset == log.stat().st_size
+
+
+def test_candidate_lines_are_whole_lines_in_order() -> None:
+    data = b"a Login: 1\nb\nc Stats: 2 Login: x\nd Login: 3\n"
+    assert scanner.candidate_lines(data, (b"Login: ", b"Stats: ")) == [
+        b"a Login: 1",
+        b"c Stats: 2 Login: x",
+        b"d Login: 3",
+    ]
