@@ -318,6 +318,7 @@ def list_(config: Settings, as_json: bool) -> int:
     """The current grants: address, last login, time left."""
     current = grants.load(config.map_path)
     valid = grants.prune(current, config.ttl, config.now)
+    width = max((len(key) for key in valid), default=0)
     for key in sorted(valid, key=grants.sort_key):
         when = valid[key]
         left = when + config.ttl - config.now
@@ -330,7 +331,7 @@ def list_(config: Settings, as_json: bool) -> int:
             }
             click.echo(json.dumps(record))
         else:
-            click.echo(f"{key:<39} {format_local(when)}  {format_left(left)}")
+            click.echo(f"{key:<{width}}  {format_local(when)}  {format_left(left)}")
     return 0
 
 

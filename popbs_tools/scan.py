@@ -1,9 +1,10 @@
 """From log lines to logins: parse, recognise, resolve the time, apply the policy."""
 
 import logging
+import lzma
 import sys
-import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def scan_files(interpreter: Interpreter, names: Iterable[str]) -> Iterator[Found
             except OSError as error:
                 raise InputError(f"cannot read {name}: {error.strerror}") from None
             source = Source(name, mtime)
-            with handle:
+            with handle, _reading(name):
                 for item in scanner.read_from(handle, 0, markers, final=True):
                     if not isinstance(item, int):
                         yield source, item
@@ -130,5 +131,11 @@ def scan_files(interpreter: Interpreter, names: Iterable[str]) -> Iterator[Found
     return interpreter.logins(lines())
 
 
-def clock() -> float:
-    return time.time()
+@contextmanager
+def _reading(name: str) -> Iterator[None]:
+    """Turn a read error, or a corrupt compressed file, into an InputError."""
+    try:
+        yield
+    except (OSError, EOFError, lzma.LZMAError) as error:
+        detail = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise InputError(f"cannot read {name}: {detail}") from None

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from helpers import POSTMAP, Setup, dovecot_line
 
 pytestmark = pytest.mark.skipif(POSTMAP is None, reason="Postfix's postmap missing")

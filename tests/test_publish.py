@@ -4,9 +4,10 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import POSTMAP, Setup
 
 from popbs_tools import grants, publish
+
+from helpers import POSTMAP, Setup
 
 pytestmark = pytest.mark.skipif(POSTMAP is None, reason="Postfix's postmap missing")
 

@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import Setup, dovecot_line, noise
 
 from popbs_tools import scanner
 from popbs_tools.state import Position
+
+from helpers import Setup, dovecot_line, noise
 
 NOW = ["--now", "2026-12-04T16:00:00"]
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+
 from helpers import POSTMAP, Setup, dovecot_line, noise
 
 pytestmark = pytest.mark.skipif(POSTMAP is None, reason="Postfix's postmap missing")
