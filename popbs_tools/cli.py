@@ -81,6 +81,33 @@ def _setting_options(command: F) -> F:
             help="postmap to run; default from postconf's command_directory.",
         ),
         click.option(
+            "--journal",
+            is_flag=True,
+            default=None,
+            help="Read the systemd journal (through journalctl) as well as or "
+            "instead of log files.",
+        ),
+        click.option(
+            "--journal-file",
+            multiple=True,
+            metavar="FILE",
+            help="Read these journal files (journalctl --file) instead of the "
+            "system journal; repeatable.",
+        ),
+        click.option(
+            "--disable",
+            multiple=True,
+            metavar="SERVER",
+            help="Do not recognise this server's logins (dovecot, courier, ...); "
+            "repeatable.",
+        ),
+        click.option(
+            "--max-session",
+            metavar="TIME",
+            help="Keep refreshing the grant of an open IMAP session for at most "
+            "this long; default 12h.",
+        ),
+        click.option(
             "--now",
             metavar="TIME",
             help="Act as if it were this time (Unix seconds or ISO 8601).",
@@ -128,6 +155,10 @@ def _command(function: Callable[..., int | None]) -> Callable[..., None]:
             "never_grant",
             "postmap",
             "now",
+            "journal",
+            "journal_file",
+            "disable",
+            "max_session",
         )
         values = {name: options.pop(name) for name in names}
         try:

@@ -7,6 +7,7 @@ the program's own message, everything before it was written by the logger.
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from popbs_tools import timestamps
 from popbs_tools.timestamps import Stamp
@@ -32,6 +33,16 @@ _STAMPED = re.compile(rf"(?:{_YEARLESS}|{_ISO}) (?P<rest>.*)", re.DOTALL)
 _CTIME_STAMPED = re.compile(rf"{_CTIME} \[(?P<pid>\d+)\] (?P<rest>.*)", re.DOTALL)
 # Dovecot 0.99 and 1.x in their own log_path: "pop3-login: Dec 04 14:57:10 Info: ..."
 _PREFIXED = re.compile(rf"(?P<tag>[\w.-]+): {_YEARLESS} (?P<rest>.*)", re.DOTALL)
+# daemontools' multilog, where tcpserver -v logs go: "@" and a TAI64N label.
+_TAI64N = re.compile(r"@(?P<tai>[0-9a-f]{24}) (?P<rest>.*)", re.DOTALL)
+# log4j's layout in Zimbra's mailbox.log and audit.log: "2026-12-04
+# 17:30:00,123 INFO  [thread] message". Such a file has no program tag: its
+# records get the empty tag, which no syslog header can produce.
+_LOG4J = re.compile(
+    r"(?P<iso>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
+    r"(?:TRACE|DEBUG|INFO|WARN|ERROR|FATAL) +\[[^\]]*\] (?P<rest>.*)",
+    re.DOTALL,
+)
 
 _TAG = r"(?P<tag>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?"
 _WITH_HOST = re.compile(rf"(?P<host>\S*[^\s:]) {_TAG}: (?P<msg>.*)", re.DOTALL)
@@ -53,8 +64,17 @@ class Record:
     message: str
 
 
+def _tai64n(label: str) -> datetime:
+    # libtai's labels run 10 s ahead of Unix time (TAI-UTC in 1970), and
+    # daemontools counts no leap second since.
+    seconds = int(label[:16], 16) - (1 << 62) - 10
+    return datetime.fromtimestamp(seconds + int(label[16:], 16) / 1e9, tz=UTC)
+
+
 def _stamp(match: re.Match[str]) -> Stamp:
     groups = match.groupdict()
+    if groups.get("tai"):
+        return _tai64n(groups["tai"])
     if groups.get("year"):
         return timestamps.parse_ctime(
             groups["mon"], groups["day"], groups["hms"], groups["year"]
@@ -84,7 +104,7 @@ def _skip_structured_data(rest: str) -> str | None:
     return rest[position + 1 :] if rest[position : position + 1] == " " else ""
 
 
-def _finish(stamp: Stamp, host: str, tag: str, pid: str | None, msg: str) -> Record:
+def finish(stamp: Stamp, host: str, tag: str, pid: str | None, msg: str) -> Record:
     msg = msg.removeprefix("\ufeff")
     repeated = _REPEATED.fullmatch(msg)
     if repeated:
@@ -103,26 +123,30 @@ def parse(line: str) -> Record | None:
         if msg is None:
             return None
         pid = match["pid"] if match["pid"] != "-" else ""
-        return _finish(_stamp(match), match["host"], match["tag"], pid, msg)
+        return finish(_stamp(match), match["host"], match["tag"], pid, msg)
 
     match = _CTIME_STAMPED.fullmatch(line)
     if match:
-        return _finish(_stamp(match), "", "", match["pid"], match["rest"])
+        return finish(_stamp(match), "", "", match["pid"], match["rest"])
 
-    match = _STAMPED.fullmatch(line)
+    match = _LOG4J.fullmatch(line)
+    if match:
+        return finish(_stamp(match), "", "", None, match["rest"])
+
+    match = _STAMPED.fullmatch(line) or _TAI64N.fullmatch(line)
     if match:
         stamp, rest = _stamp(match), match["rest"]
         for pattern in (_WITH_HOST, _NO_HOST):
             header = pattern.fullmatch(rest)
             if header:
                 host = header.groupdict().get("host") or ""
-                return _finish(stamp, host, header["tag"], header["pid"], header["msg"])
+                return finish(stamp, host, header["tag"], header["pid"], header["msg"])
         header = _BRACKET_TAG.fullmatch(rest)
         if header:
-            return _finish(stamp, "", header["tag"], None, header["msg"])
+            return finish(stamp, "", header["tag"], None, header["msg"])
         return None
 
     match = _PREFIXED.fullmatch(line)
     if match:
-        return _finish(_stamp(match), "", match["tag"], None, match["rest"])
+        return finish(_stamp(match), "", match["tag"], None, match["rest"])
     return None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from popbs_tools import logline, scanner
 from popbs_tools.addresses import Policy
+from popbs_tools.correlate import Sessions
 from popbs_tools.errors import InputError
 from popbs_tools.recognise import Recogniser
 from popbs_tools.scanner import Source
@@ -48,28 +49,38 @@ class Interpreter:
 
     def logins(self, lines: Iterable[tuple[Source, bytes]]) -> Iterator[Found]:
         guessers: dict[str, YearGuesser] = {}
+        # One table a scan: see correlate.py.
+        sessions = Sessions()
         for source, raw in lines:
             guesser = guessers.get(source.name)
             if guesser is None:
                 reference = min(source.mtime or self.now, self.now)
                 guesser = guessers[source.name] = YearGuesser(reference)
-            found = self._one(source, raw, guesser)
+            found = self._one(source, raw, guesser, sessions)
             if found is not None:
                 yield found
 
-    def _one(self, source: Source, raw: bytes, guesser: YearGuesser) -> Found | None:
+    def _one(
+        self, source: Source, raw: bytes, guesser: YearGuesser, sessions: Sessions
+    ) -> Found | None:
         record = logline.parse(raw.decode("utf-8", "replace"))
         if record is None:
             return None
         verdict = self.recogniser.judge(record)
-        login = verdict.login
+        login, step = verdict.login, verdict.step
+        when: float | None = None
+        if step is not None:
+            when = guesser.resolve(record.stamp)
+            key = (source.name, record.host, step.family, step.pid)
+            login = sessions.apply(key, step, when)
         if login is None:
             return None
         refusal = self.policy.refusal(login.ip)
         if refusal:
             log.info("not granting %s (%s) from %s", login.ip, refusal, source.name)
             return None
-        when = guesser.resolve(record.stamp)
+        if step is None:
+            when = guesser.resolve(record.stamp)
         if when is None:
             log.info("login of %s has no usable timestamp; skipped", login.ip)
             return None

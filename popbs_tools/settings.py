@@ -18,8 +18,39 @@ DEFAULT_TTL = "30m"
 SECTION = "popbs"
 
 # Config-file keys (and POPBS_<KEY> variables) for the settings that take a value.
-KEYS = ("log", "map", "map_type", "state_dir", "ttl", "never_grant", "postmap", "now")
-LISTS = ("log", "never_grant")
+KEYS = (
+    "log",
+    "map",
+    "map_type",
+    "state_dir",
+    "ttl",
+    "never_grant",
+    "postmap",
+    "now",
+    "journal",
+    "journal_file",
+    "disable",
+    "max_session",
+)
+LISTS = ("log", "never_grant", "journal_file", "disable")
+DEFAULT_MAX_SESSION = "12h"
+# A config section "[rule NAME]" adds a recognition rule with these keys.
+RULE_PREFIX = "rule "
+RULE_KEYS = ("tag", "regex", "protocol", "server", "marker")
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off", ""}
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule from the config file, checked by the recogniser that builds it."""
+
+    name: str
+    tags: tuple[str, ...]
+    regex: str
+    protocol: str | None
+    server: str
+    markers: tuple[str, ...]
 
 
 def default_logs() -> tuple[Path, ...]:
@@ -37,6 +68,11 @@ class Settings:
     policy: Policy
     postmap_setting: Path | None
     now: float
+    journal: bool = False
+    journal_files: tuple[Path, ...] = ()
+    disabled: frozenset[str] = frozenset()
+    max_session: int = 12 * 3600
+    rules: tuple[RuleSpec, ...] = ()
 
     @property
     def map_type(self) -> str:
@@ -50,7 +86,7 @@ class Settings:
         return self.postmap_setting or postfix.default_postmap()
 
 
-def _read_config(path: Path, required: bool) -> dict[str, str]:
+def _read_config(path: Path, required: bool) -> tuple[dict[str, str], list[RuleSpec]]:
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -58,7 +94,7 @@ def _read_config(path: Path, required: bool) -> dict[str, str]:
     except FileNotFoundError:
         if required:
             raise SettingsError(f"config file {path} does not exist") from None
-        return {}
+        return {}, []
     except OSError as error:
         raise SettingsError(
             f"cannot read config file {path}: {error.strerror}"
@@ -67,16 +103,53 @@ def _read_config(path: Path, required: bool) -> dict[str, str]:
         first = str(error).splitlines()[0]
         raise SettingsError(f"config file {path}: {first}") from None
 
-    if not parser.has_section(SECTION):
-        return {}
-    values = {key.replace("-", "_"): value for key, value in parser.items(SECTION)}
-    unknown = sorted(set(values) - set(KEYS))
+    values: dict[str, str] = {}
+    rules = []
+    for section in parser.sections():
+        found = {key.replace("-", "_"): value for key, value in parser.items(section)}
+        if section == SECTION:
+            _check_keys(path, section, found, KEYS)
+            values = found
+        elif section.startswith(RULE_PREFIX):
+            _check_keys(path, section, found, RULE_KEYS)
+            rules.append(_rule_spec(path, section, found))
+        else:
+            raise SettingsError(
+                f"config file {path}: unknown section [{section}]; use [{SECTION}] "
+                f"or [{RULE_PREFIX}NAME]"
+            )
+    return values, rules
+
+
+def _check_keys(
+    path: Path, section: str, found: dict[str, str], known: tuple[str, ...]
+) -> None:
+    unknown = sorted(set(found) - set(known))
     if unknown:
         raise SettingsError(
-            f"config file {path}: unknown key {unknown[0]!r} in [{SECTION}]; "
-            f"known keys: {', '.join(KEYS)}"
+            f"config file {path}: unknown key {unknown[0]!r} in [{section}]; "
+            f"known keys: {', '.join(known)}"
         )
-    return values
+
+
+def _rule_spec(path: Path, section: str, found: dict[str, str]) -> RuleSpec:
+    name = section[len(RULE_PREFIX) :].strip()
+    missing = [key for key in ("tag", "regex") if not found.get(key)]
+    if missing:
+        raise SettingsError(f"config file {path}: [{section}] needs {missing[0]} =")
+    protocol = found.get("protocol") or None
+    if protocol not in (None, "pop3", "imap"):
+        raise SettingsError(
+            f"config file {path}: [{section}] protocol must be pop3 or imap"
+        )
+    return RuleSpec(
+        name=name,
+        tags=tuple(_split(found["tag"])),
+        regex=found["regex"],
+        protocol=protocol,
+        server=found.get("server") or name,
+        markers=tuple(_split(found.get("marker", ""))),
+    )
 
 
 def _split(value: str) -> list[str]:
@@ -92,7 +165,7 @@ def resolve(
     """
     config_option = options.get("config") or environ.get("POPBS_CONFIG")
     config_path = Path(config_option) if config_option else DEFAULT_CONFIG
-    config = _read_config(config_path, required=bool(config_option))
+    config, rules = _read_config(config_path, required=bool(config_option))
 
     def pick(key: str) -> Any:
         given = options.get(key)
@@ -127,7 +200,25 @@ def resolve(
             f"bad --map-type: {map_type!r}; use one of {', '.join(postfix.MAP_TYPES)}"
         )
 
-    logs = tuple(Path(name) for name in pick("log") or ()) or default_logs()
+    try:
+        max_session = timestamps.parse_duration(
+            pick("max_session") or DEFAULT_MAX_SESSION
+        )
+    except ValueError as error:
+        raise SettingsError(f"bad --max-session: {error}") from None
+
+    journal = pick("journal")
+    if isinstance(journal, str):
+        if journal.lower() not in _TRUE | _FALSE:
+            raise SettingsError(f"bad journal setting {journal!r}: use yes or no")
+        journal = journal.lower() in _TRUE
+    journal_files = tuple(Path(name) for name in pick("journal_file") or ())
+    journal = bool(journal or journal_files)
+
+    # With the journal on, the default log file is not read unless named.
+    logs = tuple(Path(name) for name in pick("log") or ())
+    if not logs and not journal:
+        logs = default_logs()
     postmap = pick("postmap")
     return Settings(
         logs=logs,
@@ -138,6 +229,11 @@ def resolve(
         policy=Policy.with_extra(networks),
         postmap_setting=Path(postmap) if postmap else None,
         now=now,
+        journal=journal,
+        journal_files=journal_files,
+        disabled=frozenset(pick("disable") or ()),
+        max_session=max_session,
+        rules=tuple(rules),
     )
 
 

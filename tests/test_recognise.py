@@ -6,17 +6,13 @@ from pathlib import Path
 import pytest
 
 from popbs_tools.addresses import Policy
-from popbs_tools.recognise import Recogniser
+from popbs_tools.recognise import BUILTIN_RULES, Recogniser, Role, judge_line
 from popbs_tools.scan import Found, Interpreter
 from popbs_tools.scanner import Source
 
 DATA = Path(__file__).parent / "data"
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "logins.jsonl"
 NOW = 1796400000.0  # 2026-12-04, after every line of the corpus
-
-# The servers this version recognises; the others in the shared sample come with
-# the recognition issue.
-SUPPORTED = {"dovecot", "courier", "cyrus-imapd", "uw-imap", "qpopper"}
 
 
 def corpus() -> list[object]:
@@ -49,9 +45,33 @@ def test_corpus_line(expect: str, line: str) -> None:
 
 def test_corpus_is_large_and_mixed() -> None:
     expectations = [param.values[0] for param in corpus()]  # type: ignore[attr-defined]
-    assert len(expectations) >= 80
+    assert len(expectations) >= 150
     grants = sum(1 for expect in expectations if expect != "none")
-    assert 30 <= grants <= len(expectations) - 30
+    assert 60 <= grants <= len(expectations) - 60
+
+
+def test_every_login_rule_has_a_granted_corpus_line() -> None:
+    recogniser = Recogniser()
+    used = set()
+    for param in corpus():
+        expect, line = param.values  # type: ignore[attr-defined]
+        if expect != "none":
+            _, verdict = judge_line(recogniser, line)
+            used.add(verdict.rule)
+    logins = {rule.name for rule in BUILTIN_RULES if rule.role is Role.LOGIN}
+    assert logins - used == set()
+
+
+def test_every_granted_corpus_line_holds_its_rules_marker() -> None:
+    # The scanner hands on only lines holding a marker.
+    recogniser = Recogniser()
+    rules = {rule.name: rule for rule in BUILTIN_RULES}
+    for param in corpus():
+        expect, line = param.values  # type: ignore[attr-defined]
+        if expect != "none":
+            _, verdict = judge_line(recogniser, line)
+            markers = rules[verdict.rule].markers
+            assert any(marker in line.encode() for marker in markers), line
 
 
 def shared_samples() -> list[object]:
@@ -60,8 +80,7 @@ def shared_samples() -> list[object]:
     cases = []
     for number, text in enumerate(SAMPLES.read_text().splitlines(), 1):
         sample = json.loads(text)
-        if sample["server"] in SUPPORTED:
-            cases.append(pytest.param(sample, id=f"{sample['server']}-{number}"))
+        cases.append(pytest.param(sample, id=f"{sample['server']}-{number}"))
     return cases
 
 
