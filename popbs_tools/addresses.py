@@ -48,7 +48,15 @@ def parse_network(text: str) -> IPNetwork:
     if text.startswith("[") and "]" in text:
         # Postfix writes IPv6 networks as [2001:db8::]/32.
         text = text[1:].replace("]", "", 1)
-    return ipaddress.ip_network(text, strict=False)
+    network = ipaddress.ip_network(text, strict=False)
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(mapped):
+        # Keys are stored with IPv4-mapped addresses reduced to IPv4: so must
+        # the network be, or it would never match.
+        first = network.network_address.ipv4_mapped
+        assert first is not None
+        return ipaddress.ip_network(f"{first}/{network.prefixlen - 96}")
+    return network
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,10 @@ class Policy:
             return "unspecified address"
         if address.is_multicast:
             return "multicast address"
+        if address.is_reserved:
+            # 240.0.0.0/4 with the broadcast address, and IPv6's ::/8 with the
+            # deprecated IPv4-compatible ::127.0.0.1: no client comes from there.
+            return "reserved address"
         for network in self.never_grant:
             if address.version == network.version and address in network:
                 return f"in never-grant network {network}"

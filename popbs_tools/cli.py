@@ -3,6 +3,7 @@
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,8 +15,10 @@ from popbs_tools import __version__, grants, jobs, settings
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
     EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
     EXIT_NO,
     InputError,
+    OutputError,
     PopbsError,
     SettingsError,
 )
@@ -138,6 +141,29 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     log.propagate = False
 
 
+def out(line: str) -> None:
+    """Write one line of data to stdout."""
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputError(
+            f"cannot write to standard output: {error.strerror}"
+        ) from None
+
+
+def flush() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputError(
+            f"cannot write to standard output: {error.strerror}"
+        ) from None
+
+
 def _command(function: Callable[..., int | None]) -> Callable[..., None]:
     """Resolve settings, run `function`, turn errors into one line and an exit code."""
 
@@ -164,13 +190,20 @@ def _command(function: Callable[..., int | None]) -> Callable[..., None]:
         try:
             resolved = settings.resolve(values, settings.environment(), time.time())
             code = function(resolved, **options)
+            flush()
         except PopbsError as error:
             if verbose:
                 log.exception("%s", error)
             click.echo(f"popbs: error: {error}", err=True)
             sys.exit(error.exit_code)
         except BrokenPipeError:
+            # The reader went away (`popbs scan | head`): not an error. Point
+            # stdout at /dev/null so that the flush at exit stays quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
+        except KeyboardInterrupt:
+            click.echo("popbs: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except Exception as error:
             if verbose:
                 log.exception("internal error")
@@ -189,6 +222,10 @@ def main() -> None:
     """Entry point: click's usage errors become one line, like every other error."""
     try:
         code = popbs.main(prog_name="popbs", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:
+        # A bare `popbs` asks what there is: the help is the answer.
+        click.echo(error.ctx.get_help() if error.ctx else "")
+        sys.exit(0)
     except click.UsageError as error:
         hint = f"; see '{error.ctx.command_path} --help'" if error.ctx else ""
         message = error.format_message().rstrip(".")
@@ -198,8 +235,8 @@ def main() -> None:
         click.echo(f"popbs: error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except click.Abort:
-        click.echo("popbs: aborted", err=True)
-        sys.exit(1)
+        click.echo("popbs: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -256,8 +293,7 @@ def scan(
     """
 
     def emit(login: Found) -> None:
-        line = json.dumps(login.__dict__) if as_json else login.as_text()
-        click.echo(line)
+        out(json.dumps(login.__dict__) if as_json else login.as_text())
 
     if files:
         for login in scan_files(jobs.interpreter(config), files):
@@ -267,7 +303,6 @@ def scan(
             emit(login)
     else:
         jobs.scan_with_state(config, from_start, emit)
-    sys.stdout.flush()
     return 0
 
 
@@ -360,9 +395,9 @@ def list_(config: Settings, as_json: bool) -> int:
                 "expires": when + config.ttl,
                 "left": int(left),
             }
-            click.echo(json.dumps(record))
+            out(json.dumps(record))
         else:
-            click.echo(f"{key:<{width}}  {format_local(when)}  {format_left(left)}")
+            out(f"{key:<{width}}  {format_local(when)}  {format_left(left)}")
     return 0
 
 

@@ -5,9 +5,11 @@ Exit codes (documented in popbs(8)):
   1  a negative answer (`check`: the address may not relay)
   2  usage: unknown option, bad value, bad config file
   3  input: a log or input file cannot be read or is malformed
-  4  output: the grant file or map cannot be written, postmap missing or failed
+  4  output: the grant file, the map or standard output cannot be written,
+     postmap missing or failed
   5  state: the state directory, lock or state file is unusable
   70 an unexpected internal error (a bug: run again with -v for the traceback)
+  130 interrupted (Ctrl-C)
 """
 
 EXIT_OK = 0
@@ -17,6 +19,7 @@ EXIT_INPUT = 3
 EXIT_OUTPUT = 4
 EXIT_STATE = 5
 EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
 
 
 class PopbsError(Exception):
@@ -34,6 +37,10 @@ class InputError(PopbsError):
 
 
 class MapError(PopbsError):
+    exit_code = EXIT_OUTPUT
+
+
+class OutputError(PopbsError):
     exit_code = EXIT_OUTPUT
 
 

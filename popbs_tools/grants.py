@@ -26,7 +26,8 @@ def parse(data: bytes, origin: str = "grant file") -> Grants:
         if not line.strip() or line.startswith("#"):
             continue
         fields = line.split()
-        key = normalise(fields[0]) if len(fields) == 2 and fields[1].isdigit() else None
+        valid = len(fields) == 2 and fields[1].isascii() and fields[1].isdigit()
+        key = normalise(fields[0]) if valid else None
         if key is None or line[0].isspace():
             raise MapError(
                 f"{origin}, line {number}: expected 'IP TIME', found {line[:60]!r}; "

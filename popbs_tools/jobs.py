@@ -42,17 +42,22 @@ def _read(path: Path) -> bytes | None:
 
 
 def update(
-    settings: Settings, edit: Callable[[Grants], Grants], publish_map: bool
+    settings: Settings,
+    edit: Callable[[Grants], Grants],
+    publish_map: bool,
+    force: bool = False,
 ) -> Change:
     """Apply `edit` and the TTL to the grant file; write only if something changed.
 
     With `publish_map`, the map is rebuilt too when it is missing or older
-    than the grant file (a first run, or a run killed before postmap).
+    than the grant file (a first run, or a run killed before postmap), or
+    always with `force`.
     """
     old_data = _read(settings.map_path)
     old = grants.parse(old_data, str(settings.map_path)) if old_data else {}
 
-    new = grants.prune(edit(old), settings.ttl, settings.now)
+    current = _sanitised(old, settings)
+    new = grants.prune(edit(current), settings.ttl, settings.now)
     new_data = grants.render(new)
     change = Change(
         added=tuple(sorted(set(new) - set(old))),
@@ -61,7 +66,8 @@ def update(
 
     unchanged = new_data == old_data
     if publish_map:
-        if unchanged and publish.is_current(settings.map_path, settings.map_type):
+        current_map = publish.is_current(settings.map_path, settings.map_type)
+        if unchanged and current_map and not force:
             return change
         publish.publish(
             settings.map_path, new_data, settings.map_type, settings.postmap
@@ -74,6 +80,22 @@ def update(
     except OSError as error:
         raise MapError(f"cannot write {settings.map_path}: {error.strerror}") from None
     return Change(change.added, change.removed, written=True)
+
+
+def _sanitised(current: Grants, settings: Settings) -> Grants:
+    """The grant file's entries as popbs itself would have written them.
+
+    A hand-edited file may hold a never-grant address or a time in the future
+    (a grant that would outlive its TTL): neither reaches the map.
+    """
+    clean: Grants = {}
+    for key, when in current.items():
+        refusal = settings.policy.refusal(key)
+        if refusal:
+            log.warning("dropping %s from %s: %s", key, settings.map_path, refusal)
+            continue
+        clean[key] = min(when, int(settings.now))
+    return clean
 
 
 def _lock_path(settings: Settings) -> Path:
@@ -148,11 +170,14 @@ def _load_quietly(state_dir: Path) -> state.Positions:
 
 
 def locked_update(
-    settings: Settings, edit: Callable[[Grants], Grants], publish_map: bool
+    settings: Settings,
+    edit: Callable[[Grants], Grants],
+    publish_map: bool,
+    force: bool = False,
 ) -> Change:
     try:
         with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
-            return update(settings, edit, publish_map)
+            return update(settings, edit, publish_map, force)
     except locking.Busy:
         raise StateError(
             f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; try again"
@@ -160,22 +185,8 @@ def locked_update(
 
 
 def publish_now(settings: Settings) -> None:
-    """Rebuild the map from the grant file as it is (an empty one if absent)."""
-    try:
-        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
-            data = _read(settings.map_path)
-            # Parsing refuses a hand-broken file before postmap half-reads it.
-            current = grants.parse(data, str(settings.map_path)) if data else {}
-            publish.publish(
-                settings.map_path,
-                grants.render(current),
-                settings.map_type,
-                settings.postmap,
-            )
-    except locking.Busy:
-        raise StateError(
-            f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; try again"
-        ) from None
+    """Rebuild the map from the grant file, pruned (an empty one if absent)."""
+    locked_update(settings, lambda current: current, publish_map=True, force=True)
 
 
 def parse_entries(
@@ -219,6 +230,6 @@ def _number(raw: object, now: float) -> float | None:
         return None
     if isinstance(raw, int | float):
         return float(raw) if raw >= 0 else None
-    if isinstance(raw, str) and raw.isdigit():
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
         return float(raw)
     return None

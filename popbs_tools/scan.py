@@ -35,7 +35,9 @@ class Found:
         # One record a line, four fields: white space in a user name would
         # shift the columns, so it is written as \xNN.
         user = "".join(
-            char if char.isprintable() and not char.isspace() else f"\\x{ord(char):02x}"
+            char
+            if char.isprintable() and not char.isspace() and char != "\\"
+            else f"\\x{ord(char):02x}"
             for char in self.user
         )
         return f"{self.ip} {self.time} {user or '-'} {self.server}"

@@ -8,11 +8,13 @@ without trusting inode numbers.
 """
 
 import bz2
+import errno
 import gzip
 import hashlib
 import logging
 import lzma
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,19 @@ def open_any(path: Path) -> tuple[BinaryIO, bool]:
     return handle, False
 
 
+def open_log(path: Path) -> BinaryIO:
+    """Open a configured log, which must be a regular file.
+
+    O_NONBLOCK keeps a FIFO from hanging the run (and the lock) until a writer
+    comes; /dev/zero would never end. Neither has offsets to resume from.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def candidate_lines(data: bytes, markers: tuple[bytes, ...]) -> list[bytes]:
     """The lines of `data` (complete lines only) that hold a marker, in order."""
     starts: dict[int, int] = {}
@@ -91,33 +106,41 @@ def read_from(
         handle.seek(start)
     else:
         _skip(handle, start)
+    # `consumed` is the offset just after the last whole line handed on, and
+    # the only offset ever returned: a saved offset inside a line would make
+    # the rest of that line (another program's text) look like a line of its
+    # own on the next run.
     consumed = start
     pending = b""
-    skipping = False
+    skipped_to: int | None = None  # while inside an overlong line: where
     while True:
         chunk = handle.read(CHUNK)
         if not chunk:
             break
+        if skipped_to is not None:
+            newline = chunk.find(b"\n")
+            if newline == -1:
+                skipped_to += len(chunk)
+                continue
+            consumed = skipped_to + newline + 1
+            chunk, skipped_to = chunk[newline + 1 :], None
         data = pending + chunk
         cut = data.rfind(b"\n") + 1
-        if skipping and cut:
-            # Drop the rest of an overlong line, up to its newline.
-            skip = data.find(b"\n") + 1
-            consumed += skip
-            data, cut, skipping = data[skip:], cut - skip, False
-        if not skipping:
-            yield from candidate_lines(data[:cut], markers)
+        yield from candidate_lines(data[:cut], markers)
         consumed += cut
         pending = data[cut:]
         if len(pending) > MAX_LINE:
             log.warning(
                 "skipping a line over %d bytes at offset %d", MAX_LINE, consumed
             )
+            skipped_to, pending = consumed + len(pending), b""
+    if final:
+        # A finished generation will not grow: its last line counts as it is.
+        if skipped_to is not None:
+            consumed = skipped_to
+        elif pending:
+            yield from candidate_lines(pending, markers)
             consumed += len(pending)
-            pending, skipping = b"", True
-    if final and pending and not skipping:
-        yield from candidate_lines(pending, markers)
-        consumed += len(pending)
     yield consumed
 
 
@@ -193,7 +216,7 @@ class LogScan:
 
     def lines(self) -> Iterator[tuple[Source, bytes]]:
         try:
-            handle = open(self.path, "rb")  # noqa: SIM115 - closed below
+            handle = open_log(self.path)
         except FileNotFoundError:
             yield from self._missing()
             return

@@ -99,6 +99,8 @@ def _read_config(path: Path, required: bool) -> tuple[dict[str, str], list[RuleS
         raise SettingsError(
             f"cannot read config file {path}: {error.strerror}"
         ) from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"config file {path} is not valid UTF-8") from None
     except configparser.Error as error:
         first = str(error).splitlines()[0]
         raise SettingsError(f"config file {path}: {first}") from None
@@ -167,37 +169,48 @@ def resolve(
     config_path = Path(config_option) if config_option else DEFAULT_CONFIG
     config, rules = _read_config(config_path, required=bool(config_option))
 
+    origins: dict[str, str] = {}
+
     def pick(key: str) -> Any:
         given = options.get(key)
         if given not in (None, ()):
+            origins[key] = "--" + key.replace("_", "-")
             return list(given) if key in LISTS else given
         env = environ.get(f"POPBS_{key.upper()}")
         if env:
+            origins[key] = f"POPBS_{key.upper()}"
             return _split(env) if key in LISTS else env
         if key in config:
+            origins[key] = f"{key} in {config_path}"
             return _split(config[key]) if key in LISTS else config[key]
         return None
+
+    def bad(key: str) -> str:
+        return "bad " + origins.get(key, "--" + key.replace("_", "-"))
 
     try:
         now = timestamps.parse_when(pick("now"), clock) if pick("now") else clock
     except ValueError as error:
-        raise SettingsError(f"bad --now: {error}") from None
+        raise SettingsError(f"{bad('now')}: {error}") from None
     try:
         ttl = timestamps.parse_duration(pick("ttl") or DEFAULT_TTL)
     except ValueError as error:
-        raise SettingsError(f"bad --ttl: {error}") from None
+        raise SettingsError(f"{bad('ttl')}: {error}") from None
 
     networks: list[IPNetwork] = []
     for text in pick("never_grant") or ():
         try:
             networks.append(parse_network(text))
         except ValueError:
-            raise SettingsError(f"bad --never-grant: {text!r} is not a CIDR") from None
+            raise SettingsError(
+                f"{bad('never_grant')}: {text!r} is not a CIDR"
+            ) from None
 
     map_type = pick("map_type")
     if map_type is not None and map_type not in postfix.MAP_TYPES:
         raise SettingsError(
-            f"bad --map-type: {map_type!r}; use one of {', '.join(postfix.MAP_TYPES)}"
+            f"{bad('map_type')}: {map_type!r}; "
+            f"use one of {', '.join(postfix.MAP_TYPES)}"
         )
 
     try:
@@ -205,12 +218,12 @@ def resolve(
             pick("max_session") or DEFAULT_MAX_SESSION
         )
     except ValueError as error:
-        raise SettingsError(f"bad --max-session: {error}") from None
+        raise SettingsError(f"{bad('max_session')}: {error}") from None
 
     journal = pick("journal")
     if isinstance(journal, str):
         if journal.lower() not in _TRUE | _FALSE:
-            raise SettingsError(f"bad journal setting {journal!r}: use yes or no")
+            raise SettingsError(f"{bad('journal')}: {journal!r}; use yes or no")
         journal = journal.lower() in _TRUE
     journal_files = tuple(Path(name) for name in pick("journal_file") or ())
     journal = bool(journal or journal_files)

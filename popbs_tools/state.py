@@ -44,6 +44,16 @@ START = Position(
 Positions = dict[str, Position]
 
 
+def _position(fields: Any) -> Position:
+    position = Position(**fields)
+    numbers = (position.offset, position.head_len, position.tail_len)
+    if not all(type(n) is int and n >= 0 for n in numbers):
+        raise ValueError("an offset or length is not a whole number")
+    if not all(isinstance(d, str) for d in (position.head, position.tail)):
+        raise ValueError("a digest is not text")
+    return position
+
+
 def _checksum(logs: dict[str, Any]) -> str:
     canonical = json.dumps(logs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -75,7 +85,9 @@ def load(state_dir: Path) -> Positions:
         if document.get("format") != FORMAT:
             raise ValueError("not a popbs state file")
         version = document["version"]
-        if not isinstance(version, int) or version > VERSION:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"version {version!r} is not a number")
+        if version > VERSION:
             raise StateError(
                 f"{path} was written by a newer popbs (state version {version}); "
                 "upgrade popbs, or move the file away to start afresh"
@@ -83,7 +95,7 @@ def load(state_dir: Path) -> Positions:
         logs = document["logs"]
         if document.get("checksum") != _checksum(logs):
             raise ValueError("checksum mismatch")
-        return {name: Position(**fields) for name, fields in logs.items()}
+        return {name: _position(fields) for name, fields in logs.items()}
     except StateError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:

@@ -34,6 +34,12 @@ MONTHS = {
 # taken for last year's: writers in another time zone can be up to a day off.
 FUTURE_SLACK = 2 * 86400
 
+# No TTL or session bound is longer than a year.
+MAX_DURATION = 366 * 86400
+
+# Times past this (the last second of 9999) are nonsense, from a line or a user.
+LATEST = 253402300799.0
+
 # A yearless line this far before the previous one means the year turned.
 YEAR_TURN = 120 * 86400
 
@@ -72,8 +78,13 @@ class YearGuesser:
         if stamp is None:
             return None
         if isinstance(stamp, datetime):
-            # A naive datetime is local time, as the writer meant it.
-            return stamp.timestamp()
+            # A naive datetime is local time, as the writer meant it. Year 1
+            # has no local time before it to convert from.
+            try:
+                when = stamp.timestamp()
+            except (ValueError, OverflowError, OSError):
+                return None
+            return when if 0 <= when <= LATEST else None
 
         year = time.localtime(self.reference).tm_year
         when = self._in_year_up_to(stamp, year)
@@ -136,9 +147,16 @@ def parse_when(text: str, now: float) -> float:
     """
     text = text.strip()
     try:
-        return float(text)
+        when = float(text)
     except ValueError:
-        pass
+        when = _parse_iso_when(text)
+    # float() takes "nan" and "inf": a clock that never passes, or always has.
+    if not 0 <= when <= LATEST:
+        raise ValueError(f"{text!r} is out of range")
+    return when
+
+
+def _parse_iso_when(text: str) -> float:
     stamp = parse_iso(text)
     if stamp is None:
         # dateutil is only imported for the odd forms the stdlib refuses.
@@ -150,7 +168,10 @@ def parse_when(text: str, now: float) -> float:
             raise ValueError(
                 f"{text!r} is neither Unix seconds nor an ISO 8601 time"
             ) from None
-    return stamp.timestamp()
+    try:
+        return stamp.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def parse_duration(text: str) -> int:
@@ -160,12 +181,15 @@ def parse_duration(text: str) -> int:
     factor = units.get(text[-1:], 0)
     number = text[:-1] if factor else text
     factor = factor or 1
-    if not number.isdigit() or int(number) == 0:
+    if not (number.isascii() and number.isdigit()) or int(number) == 0:
         raise ValueError(
             f"{text!r} is not a duration: use a positive number of seconds, "
             "or 90s, 30m, 2h, 1d"
         )
-    return int(number) * factor
+    seconds = int(number) * factor
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than a year")
+    return seconds
 
 
 def format_local(when: float) -> str:

@@ -1,7 +1,9 @@
 """Bad input: one line on stderr, a documented exit code, the old map intact."""
 
 import contextlib
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,12 +51,26 @@ def test_unknown_option(setup: Setup) -> None:
     ("args", "words"),
     [
         (("--ttl", "soon"), "bad --ttl"),
+        (("--ttl", "999999999999d"), "bad --ttl"),
         (("--now", "yesterday"), "bad --now"),
+        (("--now", "nan"), "bad --now"),
+        (("--now", "inf"), "bad --now"),
+        (("--now", "1e400"), "bad --now"),
         (("--never-grant", "10.0.0.0/33"), "bad --never-grant"),
         (("--map-type", "mysql"), "bad --map-type"),
         (("--config", "/nonexistent/popbs.conf"), "does not exist"),
     ],
-    ids=["ttl", "now", "never-grant", "map-type", "missing-config"],
+    ids=[
+        "ttl",
+        "huge-ttl",
+        "now",
+        "nan",
+        "inf",
+        "huge-now",
+        "never-grant",
+        "map-type",
+        "missing-config",
+    ],
 )
 def test_bad_setting_values(setup: Setup, args: tuple[str, ...], words: str) -> None:
     before = snapshot(setup)
@@ -185,3 +201,94 @@ def test_state_from_newer_version_is_refused(setup: Setup) -> None:
 def test_check_bad_address(setup: Setup) -> None:
     done = setup.popbs("check", "not-an-ip")
     assert "not an IP address" in assert_one_line_error(done, 2)
+
+
+def test_bad_value_from_environment_names_its_source(setup: Setup) -> None:
+    env = setup.env() | {"POPBS_TTL": "soon"}
+    done = subprocess.run(
+        [sys.executable, "-m", "popbs_tools", "list", *setup.settings()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert "bad POPBS_TTL" in assert_one_line_error(done, 2)
+
+
+def test_config_file_that_is_not_utf8(setup: Setup) -> None:
+    config = setup.root / "popbs.conf"
+    config.write_bytes(b"\xff[popbs]\n")
+    done = setup.popbs("list", "--config", str(config))
+    assert "not valid UTF-8" in assert_one_line_error(done, 2)
+
+
+def test_misspelt_config_section(setup: Setup) -> None:
+    config = setup.root / "popbs.conf"
+    config.write_text("[pobps]\nttl = 1h\n")
+    done = setup.popbs("list", "--config", str(config))
+    assert "unknown section [pobps]" in assert_one_line_error(done, 2)
+
+
+def test_non_ascii_digits_in_grant_file_and_merge_input(setup: Setup) -> None:
+    before = snapshot(setup)
+    done = setup.popbs("merge", *NOW, stdin="198.51.100.5 \u00b2\n")
+    assert_one_line_error(done, 3)
+    setup.map.write_text("# x\n198.51.100.5 \u00b2\n")
+    assert_one_line_error(setup.popbs("sync", *NOW), 4)
+    setup.map.write_bytes(before["popbs"])
+
+
+@pytest.mark.parametrize("offset", [-1, 1.5, "7"], ids=["negative", "float", "text"])
+def test_state_with_a_checksummed_but_impossible_offset(
+    setup: Setup, offset: object
+) -> None:
+    import json
+
+    from popbs_tools import state as state_module
+
+    path = setup.state_dir / "state.json"
+    document = json.loads(path.read_text())
+    for position in document["logs"].values():
+        position["offset"] = offset
+    document["checksum"] = state_module._checksum(document["logs"])
+    path.write_text(json.dumps(document))
+    assert "corrupt" in assert_one_line_error(setup.popbs("sync", *NOW), 5)
+
+
+def test_state_version_as_text_is_corrupt_not_newer(setup: Setup) -> None:
+    path = setup.state_dir / "state.json"
+    path.write_text(path.read_text().replace('"version": 1', '"version": "1"'))
+    line = assert_one_line_error(setup.popbs("sync", *NOW), 5)
+    assert "corrupt" in line and "newer" not in line
+
+
+def test_standard_output_full(setup: Setup) -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "popbs_tools", "list", *setup.settings(), *NOW],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=setup.env(),
+            timeout=60,
+        )
+    assert "cannot write to standard output" in assert_one_line_error(done, 4)
+
+
+def test_log_that_is_a_fifo_is_refused_without_hanging(setup: Setup) -> None:
+    fifo = setup.root / "fifo.log"
+    os.mkfifo(fifo)
+    done = setup.popbs("sync", *NOW, "--log", str(fifo))
+    assert "not a regular file" in assert_one_line_error(done, 3)
+
+
+def test_bare_popbs_prints_help() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "popbs_tools"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("Usage: popbs")
+    assert done.stderr == ""

@@ -119,5 +119,28 @@ def test_never_grant_network_is_refused() -> None:
 
 
 def test_text_output_keeps_four_fields() -> None:
-    found = Found("198.51.100.7", 1, "a b\tc", "qpopper", "pop3", "x")
-    assert found.as_text() == "198.51.100.7 1 a\\x20b\\x09c qpopper"
+    found = Found("198.51.100.7", 1, "a b\tc\\d", "qpopper", "pop3", "x")
+    assert found.as_text() == "198.51.100.7 1 a\\x20b\\x09c\\x5cd qpopper"
+
+
+def test_a_line_with_an_impossible_year_is_skipped_not_fatal() -> None:
+    line = (
+        "0001-01-01T00:00:00 mail dovecot: imap-login: Login: user=<x>, "
+        "method=PLAIN, rip=198.51.100.9, lip=192.0.2.10"
+    )
+    assert interpret(line) is None
+
+
+@pytest.mark.parametrize(
+    "ip", ["255.255.255.255", "240.0.0.1", "::127.0.0.1", "0.0.0.0", "::"]
+)
+def test_reserved_and_unspecified_addresses_are_never_granted(ip: str) -> None:
+    assert Policy().refusal(ip) is not None
+
+
+def test_never_grant_given_as_ipv4_mapped_network_matches() -> None:
+    from popbs_tools.addresses import parse_network
+
+    policy = Policy.with_extra([parse_network("::ffff:198.51.100.0/120")])
+    assert policy.refusal("198.51.100.5") is not None
+    assert policy.refusal("198.51.101.5") is None

@@ -169,3 +169,19 @@ def test_candidate_lines_are_whole_lines_in_order() -> None:
         b"c Stats: 2 Login: x",
         b"d Login: 3",
     ]
+
+
+def test_unfinished_overlong_line_is_never_read_from_its_middle(setup: Setup) -> None:
+    # The saved offset must stay before the unfinished line: saved inside it,
+    # the rest of another program's line would be read as a line of its own.
+    subject = "A" * (scanner.MAX_LINE + 5000)
+    with open(setup.log, "w") as handle:
+        handle.write(
+            f"Dec  4 15:40:00 mail postfix/cleanup[9]: header Subject: {subject}"
+        )
+    assert scanned(setup) == []
+
+    setup.append(dovecot_line("203.0.113.66"))
+    assert scanned(setup) == []
+    setup.append(dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]

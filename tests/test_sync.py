@@ -117,7 +117,7 @@ def test_scan_merge_publish_pipeline(setup: Setup) -> None:
     scan = setup.popbs("scan", "--json", "--now", "2026-12-04T15:00:00", check=True)
     setup.popbs("merge", "--now", "2026-12-04T15:00:00", stdin=scan.stdout, check=True)
     assert not setup.db.exists()  # merge writes the grant file only
-    setup.popbs("publish", check=True)
+    setup.popbs("publish", "--now", "2026-12-04T15:00:00", check=True)
     assert setup.query("198.51.100.1") == str(local(2026, 12, 4, 14, 50, 0))
 
 
@@ -129,3 +129,20 @@ def test_merge_without_time_means_now_and_list_shows_it(setup: Setup) -> None:
     assert '"left": 1740' in listed.stdout
     check = setup.popbs("check", "198.51.100.9", "--now", "1796396460")
     assert check.returncode == 0 and "may relay until" in check.stdout
+
+
+def test_publish_prunes_and_drops_what_may_never_be_granted(setup: Setup) -> None:
+    setup.map.write_text(
+        "# hand-edited\n"
+        "198.51.100.1 1000\n"  # long expired
+        "127.0.0.1 1796396000\n"  # loopback
+        "198.51.100.2 9999999999\n"  # a grant until 2286
+        "198.51.100.3 1796396000\n"
+    )
+    done = setup.popbs("publish", "--now", "1796396400")
+    assert done.returncode == 0
+    assert "dropping 127.0.0.1" in done.stderr
+    assert setup.query("198.51.100.1") is None
+    assert setup.query("127.0.0.1") is None
+    assert setup.query("198.51.100.2") == "1796396400"
+    assert setup.query("198.51.100.3") == "1796396000"
