@@ -28,3 +28,9 @@ lint: $(VENV)/installed
 
 clean:
 	rm -rf $(VENV) demo
+
+# make bench  the speed benchmark (P1-P4): a 1 GiB generated log, 5 runs each;
+#             BENCH_ARGS="--quick" (100 MiB, 3 runs), "--only P1,P3", "--profile"
+.PHONY: bench
+bench: $(VENV)/installed
+	$(PY) bench/bench.py $(BENCH_ARGS)

@@ -49,7 +49,7 @@ def parse_network(text: str) -> IPNetwork:
         # Postfix writes IPv6 networks as [2001:db8::]/32.
         text = text[1:].replace("]", "", 1)
     network = ipaddress.ip_network(text, strict=False)
-    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    mapped = ipaddress.IPv6Network("::ffff:0:0/96")
     if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(mapped):
         # Keys are stored with IPv4-mapped addresses reduced to IPv4: so must
         # the network be, or it would never match.

@@ -81,10 +81,10 @@ class YearGuesser:
             # A naive datetime is local time, as the writer meant it. Year 1
             # has no local time before it to convert from.
             try:
-                when = stamp.timestamp()
+                seconds = stamp.timestamp()
             except (ValueError, OverflowError, OSError):
                 return None
-            return when if 0 <= when <= LATEST else None
+            return seconds if 0 <= seconds <= LATEST else None
 
         year = time.localtime(self.reference).tm_year
         when = self._in_year_up_to(stamp, year)
