@@ -22,6 +22,7 @@ from popbs_tools.errors import (
     PopbsError,
     SettingsError,
 )
+from popbs_tools.explain import build_explainer
 from popbs_tools.scan import Found, scan_files
 from popbs_tools.settings import Settings
 from popbs_tools.timestamps import format_left, format_local
@@ -427,3 +428,38 @@ def check(config: Settings, address: str) -> int:
         f"({format_left(expiry - config.now)} left)"
     )
     return 0
+
+
+@popbs.command(name="explain")
+@click.argument("line", required=False, metavar="[LINE|-]")
+@_setting_options
+@_command
+def explain_(config: Settings, line: str | None) -> int:
+    """Say why a log line grants relay, or why not.
+
+    For each line, the rule that matched and what it read (server, protocol,
+    user, client address, session, the line's time), or why nothing is
+    granted. LINE is one log line; without it, or with -, lines come from
+    standard input and each answer starts with the line's number. The config
+    file's rules and --disable count, as in a scan. Exits 0 if at least one
+    line would grant, 1 if none.
+
+    \b
+    Examples:
+      popbs explain 'Dec  4 14:40:11 mail dovecot: imap-login: Login: ...'
+      grep dovecot /var/log/mail.log | popbs explain
+    """
+    explainer = build_explainer(
+        config.rules, config.disabled, config.policy, config.now
+    )
+    granted = False
+    if line is not None and line != "-":
+        answer = explainer.explain(line)
+        granted = answer.grants
+        out(answer.text)
+    else:
+        for number, raw in enumerate(sys.stdin.buffer, start=1):
+            answer = explainer.explain(raw.decode("utf-8", "replace").rstrip("\n"))
+            granted = granted or answer.grants
+            out(f"{number}: {answer.text}")
+    return 0 if granted else EXIT_NO

@@ -43,6 +43,8 @@ class Sessions:
 
     def apply(self, key: Key, step: Step, when: float | None) -> Login | None:
         """Take in one step; return the login it completes, if any."""
+        if step.role not in (Role.ADDRESS, Role.SESSION_LOGIN, Role.FORGET):
+            return None  # a LOGOUT is the session tracker's, not this table's
         known = self._addresses.pop(key, None)
         if step.role is Role.ADDRESS:
             if when is not None:

@@ -6,12 +6,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from popbs_tools import fsutil, grants, locking, publish, state
+from popbs_tools import fsutil, grants, locking, publish, recognise, state
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import InputError, MapError, StateError
 from popbs_tools.grants import Grants
-from popbs_tools.recognise import Recogniser
-from popbs_tools.scan import Found, Interpreter, scan_configured
+from popbs_tools.scan import Found, Interpreter, JournalSource, scan_configured
 from popbs_tools.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,8 @@ class Change:
 
 
 def interpreter(settings: Settings) -> Interpreter:
-    return Interpreter(Recogniser(), settings.policy, settings.now)
+    recogniser = recognise.build(settings.rules, settings.disabled)
+    return Interpreter(recogniser, settings.policy, settings.now)
 
 
 def _read(path: Path) -> bytes | None:
@@ -115,8 +115,9 @@ def sync(settings: Settings) -> Change | None:
 
 def _sync_locked(settings: Settings) -> Change:
     saved = state.load(settings.state_dir)
-    found, positions = scan_configured(
-        interpreter(settings), settings.logs, saved, False
+    reader = interpreter(settings)
+    found, current = scan_configured(
+        reader, settings.logs, journal_source(settings), saved, False
     )
 
     latest: Grants = {}
@@ -124,16 +125,34 @@ def _sync_locked(settings: Settings) -> Change:
         if login.time > latest.get(login.ip, -1):
             latest[login.ip] = login.time
 
+    assert reader.tracker is not None
+    reader.tracker.expire(settings.now, settings.max_session)
+    connected = reader.tracker.connected()
+
     def edit(current: Grants) -> Grants:
-        return grants.merge(current, latest.items(), settings.now)
+        merged = grants.merge(current, latest.items(), settings.now)
+        # A client still connected keeps its grant. Refreshing only once half
+        # the TTL has gone keeps postmap from running every minute for it.
+        stale = settings.now - settings.ttl / 2
+        for key in connected:
+            if merged.get(key, -1) <= stale:
+                merged[key] = int(settings.now)
+        return merged
 
     change = update(settings, edit, publish_map=True)
 
     # Offsets are saved last: a run killed before this reads the same lines
     # again, and merging them twice changes nothing.
-    if positions != saved:
-        state.save(settings.state_dir, positions)
+    if current != saved:
+        state.save(settings.state_dir, current)
     return change
+
+
+def journal_source(settings: Settings) -> JournalSource | None:
+    if not settings.journal:
+        return None
+    # A first run reads back one TTL: older logins would be pruned anyway.
+    return JournalSource(settings.journal_files, settings.now - settings.ttl)
 
 
 def scan_with_state(
@@ -143,13 +162,17 @@ def scan_with_state(
     try:
         with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
             saved = state.load(settings.state_dir)
-            found, positions = scan_configured(
-                interpreter(settings), settings.logs, saved, from_start
+            found, current = scan_configured(
+                interpreter(settings),
+                settings.logs,
+                journal_source(settings),
+                saved,
+                from_start,
             )
             for login in found:
                 emit(login)
-            if positions != saved:
-                state.save(settings.state_dir, positions)
+            if current != saved:
+                state.save(settings.state_dir, current)
     except locking.Busy:
         raise StateError(
             f"another popbs run has held {settings.state_dir / state.LOCK_FILE} "
@@ -158,14 +181,20 @@ def scan_with_state(
 
 
 def scan_without_state(settings: Settings, from_start: bool) -> Iterator[Found]:
-    saved = {} if from_start else _load_quietly(settings.state_dir)
-    found, _ = scan_configured(interpreter(settings), settings.logs, saved, from_start)
+    saved = state.State() if from_start else _load_quietly(settings.state_dir)
+    found, _ = scan_configured(
+        interpreter(settings),
+        settings.logs,
+        journal_source(settings),
+        saved,
+        from_start,
+    )
     return found
 
 
-def _load_quietly(state_dir: Path) -> state.Positions:
+def _load_quietly(state_dir: Path) -> state.State:
     if not (state_dir / state.STATE_FILE).exists():
-        return {}
+        return state.State()
     return state.load(state_dir)
 
 

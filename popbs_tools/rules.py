@@ -5,6 +5,9 @@ whole message. A rule's `role` says what a match proves: a login with its
 client address (LOGIN), or, for servers that log the address when a connection
 arrives and the login later without it, one piece of that session (ADDRESS,
 SESSION_LOGIN, FORGET), which the scan pairs by process id (see correlate.py).
+LOGOUT rules find the end of a session, which keeps the grant of a client
+that stays connected (see tracking.py). FAILURE rules find failed logins: they
+grant nothing and exist so that `popbs explain` can say why.
 
 The comments name the source each format was read from.
 """
@@ -20,6 +23,8 @@ class Role(Enum):
     ADDRESS = "address"
     SESSION_LOGIN = "session login"
     FORGET = "end of session"
+    LOGOUT = "logout"
+    FAILURE = "failed login"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,10 @@ DEFAULT_WINDOW = 20 * 60.0
 class Rule:
     name: str
     server: str
+    # A tag ending in "(" stands for every tag that starts with it: Dovecot's
+    # own log file starts a mail process's line with "imap(USER)<PID>...: ",
+    # which the header parser reads as the program tag. Such a rule matches
+    # the whole text, "TAG: MESSAGE".
     tags: frozenset[str]
     pattern: re.Pattern[str]
     # Bytes that every line this rule matches contains: the scanner only
@@ -58,6 +67,11 @@ class Rule:
     # How long after its ADDRESS a SESSION_LOGIN may come, in seconds.
     window: float = DEFAULT_WINDOW
     extract: Extractor | None = None
+    # Whether the pid in the line's header is the process the line is about.
+    # It is not where a server's lines go through a logging process of its
+    # own (Dovecot's log process, courierlogger): that pid is the same for
+    # every session, so only a pid in the message may tell sessions apart.
+    line_pid: bool = True
 
 
 def _rule(
@@ -72,6 +86,7 @@ def _rule(
     family: str = "",
     window: float = DEFAULT_WINDOW,
     extract: Extractor | None = None,
+    line_pid: bool = True,
 ) -> Rule:
     return Rule(
         name,
@@ -85,6 +100,7 @@ def _rule(
         family or server,
         window,
         extract,
+        line_pid,
     )
 
 
@@ -104,9 +120,33 @@ _DOVECOT_USER = re.compile(r"(?:^|, )user=<(?P<user>.*?)>(?=, |$)", re.DOTALL)
 _DOVECOT_RIP = re.compile(rf"(?:^|, )rip=(?P<ip>{_IP})(?=, |$)")
 _DOVECOT_SESSION = re.compile(r", session=<(?P<session>[\w+/=-]+)>")
 
+# What a login process logs when the password was wrong; the login fields
+# (client-supplied user name included) follow.
+_DOVECOT_FAILED = (
+    r"(?P<detail>(?:Disconnected|Aborted login|Login aborted)\b.*?"
+    r"\((?:auth failed, \d+ attempts?(?: in \d+ secs)?|\d+ authentication "
+    r"attempts?)\)(?: \(\w+\))?)(?:: (?P<fields>.*))?"
+)
+_DOVECOT_AUTH_FAILED = (
+    rf"(?:Info: )?[\w-]+\((?P<user>.*),(?P<ip>{_IP})(?:,<[\w+/=-]*>)?\): "
+    r"(?P<detail>Password mismatch.*|unknown user.*|pam_authenticate\(\) failed: .*)"
+)
+_DOVECOT_MAIL_SERVICES = ("imap", "pop3", "IMAP", "POP3", "imap-hibernate")
+_DOVECOT_MAIL_END = (
+    rf"(?P<service>{'|'.join(_DOVECOT_MAIL_SERVICES)})\((?P<user>[^()<>]*)\)"
+    r"(?:<(?P<pid>\d+)><(?P<session>[\w+/=-]*)>)?: (?:Info: )?"
+    r"(?:Disconnected|Logged out|Connection closed|Server shutting down)\b.*"
+)
+_DOVECOT_END_MARKERS = (
+    b"Disconnected",
+    b"Logged out",
+    b"Connection closed",
+    b"Server shutting down",
+)
+
 
 def _dovecot_fields(match: re.Match[str]) -> Fields | str:
-    fields = match["fields"]
+    fields = match["fields"] or ""
     rip = _DOVECOT_RIP.search(fields)
     if rip is None:
         return "no rip= field"
@@ -144,6 +184,17 @@ def _perdition_fields(match: re.Match[str]) -> Fields | str:
     return Fields(match["ip"], user.partition('" passwd="')[0].removesuffix('"'))
 
 
+_COURIER_TAGS = (
+    "pop3d",
+    "pop3d-ssl",
+    "imapd",
+    "imapd-ssl",
+    "courierpop3login",
+    "courierpop3d",
+    "courierimapd",
+    "courierimaplogin",
+)
+_UW_TAGS = ("imapd", "ipop3d", "ipop2d", "in.imapd", "in.ipop3d")
 _CYRUS_SERVICES = ("imap", "imaps", "pop3", "pop3s", "imapd", "pop3d")
 _QPOPPER_TAGS = ("in.qpopper", "qpopper", "popper", "in.popper", "qpopper3", "")
 _MAILUTILS_TAGS = ("gnu-pop3d", "pop3d", "gnu-imap4d", "imap4d")
@@ -159,11 +210,13 @@ _PERDITION_TAGS = (
     ),
 )
 
-BUILTIN_RULES: tuple[Rule, ...] = (
+# The rules whose lines grant, alone or paired by process.
+_GRANTING_RULES: tuple[Rule, ...] = (
     # Dovecot 1.0-2.3 "Login:", 2.4 "Logged in:", with key=value fields in the
     # order login_log_format_elements gives them. Under syslog the ident is
     # "dovecot" and the service comes first; in its own log_path the service
-    # is the prefix and a level ("Info: ") may follow.
+    # is the prefix and a level ("Info: ") may follow. The header's pid is
+    # Dovecot's log process, shared by every session (line_pid=False).
     _rule(
         "dovecot",
         "dovecot",
@@ -173,6 +226,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         [b"Login: ", b"Logged in: "],
         once=("rip=",),
         extract=_dovecot_fields,
+        line_pid=False,
     ),
     _rule(
         "dovecot-log-path",
@@ -182,6 +236,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         [b"Login: ", b"Logged in: "],
         once=("rip=",),
         extract=_dovecot_fields,
+        line_pid=False,
     ),
     # Dovecot 0.99: "Login: alice [198.51.100.7]" under the imap-login ident.
     _rule(
@@ -191,24 +246,17 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         rf"(?:Info: )?Login: (?P<user>.*) \[(?P<ip>{_IP})\]",
         [b"Login: "],
         once=("[",),
+        line_pid=False,
     ),
     _rule(
         "courier",
         "courier",
-        [
-            "pop3d",
-            "pop3d-ssl",
-            "imapd",
-            "imapd-ssl",
-            "courierpop3login",
-            "courierpop3d",
-            "courierimapd",
-            "courierimaplogin",
-        ],
+        _COURIER_TAGS,
         rf"LOGIN, user=(?P<user>[^,]*), ip=\[(?P<ip>{_IP})\]"
         r"(?:, port=\[\d+\])?(?:, protocol=\w+)?(?:, [\w-]+=\S*)*",
         [b"LOGIN, user="],
         once=("ip=[",),
+        line_pid=False,
     ),
     # Cyrus: "login: host [ip] user mech User logged in SESSIONID=<...>".
     _rule(
@@ -224,7 +272,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     _rule(
         "uw",
         "uw",
-        ["imapd", "ipop3d", "ipop2d", "in.imapd", "in.ipop3d"],
+        _UW_TAGS,
         r"(?:Admin )?(?:Login|Auth|APOP|Authenticated|Preauthenticated|Preauth) "
         rf"user=(?P<user>\S+) host=(?:\S+ )?\[(?P<ip>{_IP})\](?: .*)?",
         [b" user="],
@@ -541,3 +589,236 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         extract=_zimbra_context,
     ),
 )
+
+# Failed logins, for `popbs explain`: they grant nothing, and the scanner needs
+# no marker for them. In a rule's pattern, `detail` names the failure.
+_FAILURE_RULES: tuple[Rule, ...] = (
+    # Dovecot login process: 1.x "Aborted login (1 authentication attempts)"
+    # and "Disconnected (auth failed, 2 attempts)", 2.3 "Disconnected:
+    # Connection closed (auth failed, 1 attempts in 2 secs)", 2.4 "Login
+    # aborted: ... (auth failed, ...) (auth_failed)", then the login fields.
+    _rule(
+        "dovecot-failed",
+        "dovecot",
+        ["dovecot"],
+        rf"(?:Info: )?(?P<service>imap|pop3)-login: (?:Info: )?{_DOVECOT_FAILED}",
+        [],
+        role=Role.FAILURE,
+        extract=_dovecot_fields,
+    ),
+    _rule(
+        "dovecot-failed-log-path",
+        "dovecot",
+        ["imap-login", "pop3-login"],
+        rf"(?:Info: )?{_DOVECOT_FAILED}",
+        [],
+        role=Role.FAILURE,
+        extract=_dovecot_fields,
+    ),
+    # Dovecot's auth process and workers (passdb "pam", "passwd-file", "sql",
+    # ...): "auth-worker(304): pam(alice,198.51.100.44): pam_authenticate()
+    # failed: ...", "auth: passwd-file(alice,198.51.100.44,<session>):
+    # Password mismatch", "... unknown user".
+    _rule(
+        "dovecot-auth-failed",
+        "dovecot",
+        ["dovecot"],
+        rf"(?:Info: )?auth(?:-worker\(\d+\))?: {_DOVECOT_AUTH_FAILED}",
+        [],
+        role=Role.FAILURE,
+    ),
+    _rule(
+        "dovecot-auth-failed-log-path",
+        "dovecot",
+        ["auth", "auth-worker("],
+        rf"(?:auth-worker\(\d+\): )?{_DOVECOT_AUTH_FAILED}",
+        [],
+        role=Role.FAILURE,
+    ),
+    # Courier imaplogin/pop3login: "LOGIN FAILED, user=x, ip=[ip]", newer
+    # ones "LOGIN FAILED, method=PLAIN, ip=[ip]".
+    _rule(
+        "courier-failed",
+        "courier",
+        _COURIER_TAGS,
+        r"(?P<detail>LOGIN FAILED), (?:user=(?P<user>.*), |method=[\w-]+, )?"
+        rf"ip=\[(?P<ip>{_IP})\].*",
+        [],
+        role=Role.FAILURE,
+    ),
+    # Cyrus: "badlogin: host [ip] mech [SASL(-13): authentication failure:
+    # ...]" (2.5 and later name the user before the reason).
+    _rule(
+        "cyrus-failed",
+        "cyrus",
+        [*_CYRUS_SERVICES, *(f"cyrus/{name}" for name in _CYRUS_SERVICES)],
+        rf"badlogin: (?:\S+ )?\[(?P<ip>{_IP})\] (?P<detail>.*)",
+        [],
+        role=Role.FAILURE,
+    ),
+    # UW imapd/ipop3d (imap-2007 imapd.c, ipop3d.c): "Login failed user=x
+    # auth=y host=name [ip]", "Login disabled ...", and for AUTHENTICATE
+    # "AUTHENTICATE PLAIN failure host=name [ip]" without the user.
+    _rule(
+        "uw-failed",
+        "uw",
+        _UW_TAGS,
+        r"(?P<detail>Login (?:failed|disabled)|Excessive login (?:failures|attempts)) "
+        rf"user=(?P<user>\S*)(?: auth=\S*)? host=(?:\S+ )?\[(?P<ip>{_IP})\](?: .*)?",
+        [],
+        role=Role.FAILURE,
+    ),
+    _rule(
+        "uw-authenticate-failed",
+        "uw",
+        _UW_TAGS,
+        r"(?P<detail>AUTHENTICATE \S+ failure|(?:Excessive a|A)uthentication "
+        rf"failures?) host=(?:\S+ )?\[(?P<ip>{_IP})\](?: .*)?",
+        [],
+        role=Role.FAILURE,
+    ),
+    # qpopper's pop_log: "user at host (ip): -ERR [AUTH] Password supplied for
+    # "user" is incorrect." (older ones without "[AUTH]").
+    _rule(
+        "qpopper-failed",
+        "qpopper",
+        _QPOPPER_TAGS,
+        rf"(?:\(v[\w.-]+\) )?(?P<user>.*) at \S+ \((?P<ip>{_IP})\): -ERR "
+        r"(?P<detail>\[AUTH\] .*|Password supplied for .* is incorrect\.?)",
+        [],
+        role=Role.FAILURE,
+    ),
+    # vpopmail's vchkpw: "vchkpw-pop3: password fail user@domain:ip", "...
+    # vpopmail user not found ...", with the password in parentheses when
+    # vpopmail logs it; the address is what follows the last colon.
+    _rule(
+        "vchkpw-failed",
+        "vpopmail",
+        ["vpopmail"],
+        r"vchkpw(?:-[\w-]+)?: (?P<detail>password fail|vpopmail user not found|"
+        r"user has no password|login failed|\w+ access denied)(?: .*)? "
+        rf"(?P<user>[^\s:]+):(?P<ip>{_IP})",
+        [],
+        role=Role.FAILURE,
+    ),
+    # perdition: any status but "ok" in the last field; the older format has
+    # no port after the IPv4 address.
+    _rule(
+        "perdition-failed",
+        "perdition",
+        _PERDITION_TAGS,
+        rf"Auth: (?P<ip>{_IPV4}|{_IP}(?=:\d+->))(?::\d+)?->\S+ .* "
+        r"status=\"(?P<detail>(?!ok\")[^\"]*)\"",
+        [],
+        role=Role.FAILURE,
+    ),
+    # GNU Mailutils user.c: "User 'x': authentication failed".
+    _rule(
+        "mailutils-failed",
+        "mailutils",
+        _MAILUTILS_TAGS,
+        rf"{_MAILUTILS_USER}: (?P<detail>authentication failed)",
+        [],
+        role=Role.FAILURE,
+    ),
+    # tpop3d connection.c: "connection_do: client `[fd]ip/domain': username
+    # `x': N authentication failures".
+    _rule(
+        "tpop3d-failed",
+        "tpop3d",
+        ["tpop3d"],
+        rf"connection_do: client `\[\d+\](?P<ip>{_IPV4})(?:/[^\s:']*)?': "
+        r"username `(?P<user>.*)': (?P<detail>\d+ authentication failures?)",
+        [],
+        role=Role.FAILURE,
+    ),
+    # teapop pop_auth.c: "Failed login for user [server-ip] from host [ip]".
+    _rule(
+        "teapop-failed",
+        "teapop",
+        ["teapop", "teapop_ssl"],
+        rf"(?P<detail>Failed login) for (?P<user>.+) \[{_IP}\] from \S+ "
+        rf"\[(?P<ip>{_IP})\]",
+        [],
+        role=Role.FAILURE,
+    ),
+    # Zimbra: the login line with "error=...;" after the protocol.
+    _rule(
+        "zimbra-failed",
+        "zimbra",
+        [""],
+        r"\[(?P<context>(?:[\w.-]+=(?:[^;]|;;)*;)*)\] security - cmd=Auth; "
+        r"account=(?P<user>[^;]*); protocol=(?P<service>imap|pop3); "
+        r"error=(?P<detail>(?:[^;]|;;)*);",
+        [],
+        role=Role.FAILURE,
+        extract=_zimbra_context,
+    ),
+)
+
+# Ends of POP3/IMAP sessions, for the clients that stay connected.
+_LOGOUT_RULES: tuple[Rule, ...] = (
+    # Dovecot mail processes (imap, pop3; imap-hibernate for a hibernated
+    # IDLE client) log under mail_log_prefix, "%s(%u)" until 2.2 and
+    # "%s(%u)<%{pid}><%{session}>" from 2.3 ("IMAP(user)" in 1.x). How they end
+    # (imap-client.c, pop3-client.c, cmd-idle.c, imap-hibernate/imap-client.c):
+    # "Disconnected: Logged out", "Logged out", "Disconnected for
+    # inactivity", "Disconnected in IDLE", "Connection closed (IDLE running
+    # for ...)", "Server shutting down", then the logout statistics. Dovecot
+    # logs through its log process, so the header's pid is that process's.
+    _rule(
+        "dovecot-logout",
+        "dovecot",
+        ["dovecot"],
+        rf"(?:Info: )?{_DOVECOT_MAIL_END}",
+        _DOVECOT_END_MARKERS,
+        role=Role.LOGOUT,
+        line_pid=False,
+    ),
+    # The same in Dovecot's own log file, where the prefix reads as the tag.
+    _rule(
+        "dovecot-logout-log-path",
+        "dovecot",
+        [f"{service}(" for service in _DOVECOT_MAIL_SERVICES],
+        _DOVECOT_MAIL_END,
+        _DOVECOT_END_MARKERS,
+        role=Role.LOGOUT,
+        line_pid=False,
+    ),
+    # Courier imapd (imaptoken.c bye_msg, mainloop.c) and pop3d
+    # (pop3dserver.c acctout), through courierlogger: "LOGOUT, user=x,
+    # ip=[ip], headers=0, body=0, rcvd=50, sent=400, time=5", TIMEOUT,
+    # DISCONNECTED, "I/O error disconnect", "Disconnected during shutdown by
+    # signal". The pid is courierlogger's, so sessions are told apart by user
+    # and address.
+    _rule(
+        "courier-logout",
+        "courier",
+        _COURIER_TAGS,
+        r"(?:LOGOUT|TIMEOUT|DISCONNECTED|I/O error disconnect|Disconnected during "
+        rf"shutdown by signal), user=(?P<user>[^,]*), ip=\[(?P<ip>{_IP})\]"
+        r"(?:, port=\[\d+\])?(?:, [\w-]+=\S*)*",
+        [b" user="],
+        once=("ip=[",),
+        line_pid=False,
+        role=Role.LOGOUT,
+    ),
+    # UW imapd/ipop3d (imap-2007 imapd.c, ipop3d.c): "Logout user=x host=name
+    # [ip]" (ipop3d adds "nmsgs=N ndele=N"), "Autologout", "Killed (lost
+    # mailbox lock)", "Kiss of death", "Hangup", "Killed", "Fatal mailbox
+    # error", and inerror()'s "Command stream end of file, while reading line".
+    # User "???" is a client that never logged in. inetd runs a process per
+    # connection, so the pid is the session's.
+    _rule(
+        "uw-logout",
+        "uw",
+        _UW_TAGS,
+        r"(?:Logout|Autologout|Killed(?: \(lost mailbox lock\))?|Kiss of death|"
+        r"Hangup|Fatal mailbox error|[A-Z][\w ]*, while [\w ]+) "
+        rf"user=(?!\?\?\? )(?P<user>\S+) host=(?:\S+ )?\[(?P<ip>{_IP})\](?: .*)?",
+        [b" user="],
+        role=Role.LOGOUT,
+    ),
+)
+
+BUILTIN_RULES: tuple[Rule, ...] = _GRANTING_RULES + _FAILURE_RULES + _LOGOUT_RULES

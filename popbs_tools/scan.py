@@ -8,14 +8,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from popbs_tools import logline, scanner
+from popbs_tools import journal, logline, scanner
 from popbs_tools.addresses import Policy
 from popbs_tools.correlate import Sessions
 from popbs_tools.errors import InputError
-from popbs_tools.recognise import Recogniser
+from popbs_tools.logline import Record
+from popbs_tools.recognise import Recogniser, Role, Step
 from popbs_tools.scanner import Source
-from popbs_tools.state import Positions
+from popbs_tools.state import State
 from popbs_tools.timestamps import YearGuesser
+from popbs_tools.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +45,49 @@ class Found:
         return f"{self.ip} {self.time} {user or '-'} {self.server}"
 
 
+Item = tuple[Source, bytes | Record]
+
+
 @dataclass
 class Interpreter:
     recogniser: Recogniser
     policy: Policy
     now: float
+    # Open IMAP sessions, kept across runs in the state; None where there is
+    # no state (files named on the command line).
+    tracker: Tracker | None = None
 
-    def logins(self, lines: Iterable[tuple[Source, bytes]]) -> Iterator[Found]:
+    def logins(self, items: Iterable[Item]) -> Iterator[Found]:
         guessers: dict[str, YearGuesser] = {}
         # One table a scan: see correlate.py.
-        sessions = Sessions()
-        for source, raw in lines:
+        pairs = Sessions()
+        for source, item in items:
             guesser = guessers.get(source.name)
             if guesser is None:
                 reference = min(source.mtime or self.now, self.now)
                 guesser = guessers[source.name] = YearGuesser(reference)
-            found = self._one(source, raw, guesser, sessions)
+            if isinstance(item, bytes):
+                record = logline.parse(item.decode("utf-8", "replace"))
+                if record is None:
+                    continue
+            else:
+                record = item
+            found = self._one(source, record, guesser, pairs)
             if found is not None:
                 yield found
 
     def _one(
-        self, source: Source, raw: bytes, guesser: YearGuesser, sessions: Sessions
+        self, source: Source, record: Record, guesser: YearGuesser, pairs: Sessions
     ) -> Found | None:
-        record = logline.parse(raw.decode("utf-8", "replace"))
-        if record is None:
-            return None
         verdict = self.recogniser.judge(record)
         login, step = verdict.login, verdict.step
         when: float | None = None
+        if step is not None and step.role is Role.LOGOUT:
+            return self._ended(source, record, guesser, step)
         if step is not None:
             when = guesser.resolve(record.stamp)
             key = (source.name, record.host, step.family, step.pid)
-            login = sessions.apply(key, step, when)
+            login = pairs.apply(key, step, when)
         if login is None:
             return None
         refusal = self.policy.refusal(login.ip)
@@ -86,43 +99,93 @@ class Interpreter:
         if when is None:
             log.info("login of %s has no usable timestamp; skipped", login.ip)
             return None
+        if self.tracker is not None:
+            rule = self.recogniser.rule_named(login.rule)
+            pid = record.pid if rule is not None and rule.line_pid else ""
+            self.tracker.opened(record, login, pid, when)
         return Found(
             login.ip, int(when), login.user, login.server, login.protocol, source.name
         )
+
+    def _ended(
+        self, source: Source, record: Record, guesser: YearGuesser, step: Step
+    ) -> Found | None:
+        """An end-of-session line: the client was logged in until then."""
+        if self.tracker is None or step.login is None:
+            return None
+        session = self.tracker.ended(record, step.login, step.pid)
+        when = guesser.resolve(record.stamp)
+        if session is None or when is None:
+            return None
+        return Found(
+            session.ip, int(when), session.user, session.server, "imap", source.name
+        )
+
+
+@dataclass(frozen=True)
+class JournalSource:
+    """The journal to read: the system's, or the given files."""
+
+    files: tuple[Path, ...]
+    since: float  # where a first run starts
+
+    @property
+    def name(self) -> str:
+        return "journal:" + ",".join(str(path) for path in self.files)
 
 
 def scan_configured(
     interpreter: Interpreter,
     logs: Iterable[Path],
-    saved: Positions,
+    journal_source: JournalSource | None,
+    saved: State,
     from_start: bool,
-) -> tuple[Iterator[Found], Positions]:
-    """Logins in the configured logs since their saved positions.
+) -> tuple[Iterator[Found], State]:
+    """Logins in the configured logs and journal since their saved positions.
 
-    Returns the logins (lazily) and the positions dict, which is filled in as
-    the iterator is consumed: save it only after the iterator is exhausted.
+    Returns the logins (lazily) and the new state, which is filled in as the
+    iterator is consumed: save it only after the iterator is exhausted.
     """
-    positions = dict(saved)
+    current = saved.copy()
+    interpreter.tracker = Tracker(current.sessions, set(current.learned))
     markers = interpreter.recogniser.markers
 
-    def lines() -> Iterator[tuple[Source, bytes]]:
+    def items() -> Iterator[Item]:
         for path in logs:
             key = str(path)
-            reader = scanner.LogScan(
-                path, None if from_start else saved.get(key), markers
-            )
-            yield from reader.lines()
+            previous = None if from_start else saved.logs.get(key)
+            reader = scanner.LogScan(path, previous, markers)
+            with _reading(key):
+                yield from reader.lines()
             if reader.position is not None:
-                positions[key] = reader.position
+                current.logs[key] = reader.position
+        if journal_source is not None:
+            yield from _journal_items(journal_source, saved, current, from_start)
+        assert interpreter.tracker is not None
+        current.learned = sorted(interpreter.tracker.learned)
 
-    return interpreter.logins(lines()), positions
+    return interpreter.logins(items()), current
+
+
+def _journal_items(
+    journal_source: JournalSource, saved: State, current: State, from_start: bool
+) -> Iterator[Item]:
+    name = journal_source.name
+    cursor = None if from_start else saved.cursors.get(name)
+    source = Source(name, None)
+    for entry in journal.read(journal_source.files, cursor, journal_source.since):
+        if entry.record is not None:
+            yield source, entry.record
+        else:
+            log.debug("journal entry ignored: %s", entry.refusal)
+        current.cursors[name] = entry.cursor
 
 
 def scan_files(interpreter: Interpreter, names: Iterable[str]) -> Iterator[Found]:
     """Logins in whole files given by name (`-` is stdin), read to their end."""
     markers = interpreter.recogniser.markers
 
-    def lines() -> Iterator[tuple[Source, bytes]]:
+    def lines() -> Iterator[Item]:
         for name in names:
             if name == "-":
                 source = Source("-", None)

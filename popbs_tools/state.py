@@ -1,9 +1,13 @@
-"""What was read of each log: the saved position, versioned and checksummed."""
+"""What popbs remembers between runs, versioned and checksummed.
+
+The position in each log, the cursor in each journal, and the IMAP sessions
+still open (see scan.OpenSessions).
+"""
 
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,38 @@ START = Position(
 Positions = dict[str, Position]
 
 
+@dataclass
+class Session:
+    """An IMAP session whose login was seen and whose end was not, yet."""
+
+    ip: str
+    user: str
+    server: str
+    since: float
+    count: int = 1
+
+
+@dataclass
+class State:
+    logs: Positions = field(default_factory=dict)
+    cursors: dict[str, str] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    # Servers seen logging the end of a session in a way it can be matched to
+    # its login: only their sessions are tracked (see scan.OpenSessions).
+    learned: list[str] = field(default_factory=list)
+
+    def copy(self) -> "State":
+        return State(
+            dict(self.logs),
+            dict(self.cursors),
+            {key: Session(**asdict(s)) for key, s in self.sessions.items()},
+            list(self.learned),
+        )
+
+
+BODY = ("logs", "cursors", "sessions", "learned")
+
+
 def _position(fields: Any) -> Position:
     position = Position(**fields)
     numbers = (position.offset, position.head_len, position.tail_len)
@@ -52,6 +88,20 @@ def _position(fields: Any) -> Position:
     if not all(isinstance(d, str) for d in (position.head, position.tail)):
         raise ValueError("a digest is not text")
     return position
+
+
+def _session(fields: Any) -> Session:
+    session = Session(**fields)
+    texts = (session.ip, session.user, session.server)
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("a session field is not text")
+    if not isinstance(session.since, int | float) or type(session.count) is not int:
+        raise ValueError("a session time or count is not a number")
+    return session
+
+
+def checksum_of(document: dict[str, Any]) -> str:
+    return _checksum({key: document.get(key) for key in BODY})
 
 
 def _checksum(logs: dict[str, Any]) -> str:
@@ -71,12 +121,12 @@ def prepare_dir(state_dir: Path) -> None:
         raise StateError(f"state directory {state_dir} is not a directory")
 
 
-def load(state_dir: Path) -> Positions:
+def load(state_dir: Path) -> State:
     path = state_dir / STATE_FILE
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return {}
+        return State()
     except OSError as error:
         raise StateError(f"cannot read {path}: {error.strerror}") from None
 
@@ -92,10 +142,22 @@ def load(state_dir: Path) -> Positions:
                 f"{path} was written by a newer popbs (state version {version}); "
                 "upgrade popbs, or move the file away to start afresh"
             )
-        logs = document["logs"]
-        if document.get("checksum") != _checksum(logs):
+        if document.get("checksum") != checksum_of(document):
             raise ValueError("checksum mismatch")
-        return {name: _position(fields) for name, fields in logs.items()}
+        cursors = document.get("cursors") or {}
+        learned = document.get("learned") or []
+        if not all(isinstance(c, str) for c in cursors.values()):
+            raise ValueError("a journal cursor is not text")
+        if not all(isinstance(name, str) for name in learned):
+            raise ValueError("a server name is not text")
+        return State(
+            logs={name: _position(f) for name, f in document["logs"].items()},
+            cursors=dict(cursors),
+            sessions={
+                key: _session(f) for key, f in (document.get("sessions") or {}).items()
+            },
+            learned=list(learned),
+        )
     except StateError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -105,14 +167,16 @@ def load(state_dir: Path) -> Positions:
         ) from None
 
 
-def save(state_dir: Path, positions: Positions) -> None:
-    logs = {name: asdict(position) for name, position in sorted(positions.items())}
-    document = {
+def save(state_dir: Path, state: State) -> None:
+    document: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "logs": logs,
-        "checksum": _checksum(logs),
+        "logs": {name: asdict(p) for name, p in sorted(state.logs.items())},
+        "cursors": dict(sorted(state.cursors.items())),
+        "sessions": {key: asdict(s) for key, s in sorted(state.sessions.items())},
+        "learned": sorted(state.learned),
     }
+    document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
     try:
         fsutil.replace(state_dir / STATE_FILE, data, mode=0o600)
@@ -120,4 +184,4 @@ def save(state_dir: Path, positions: Positions) -> None:
         raise StateError(
             f"cannot save state in {state_dir}: {error.strerror}"
         ) from None
-    log.debug("saved state for %d log(s)", len(positions))
+    log.debug("saved state for %d log(s)", len(state.logs))

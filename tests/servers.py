@@ -34,7 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Self
 
@@ -514,6 +514,25 @@ class DovecotServer(_ForegroundServer):
                 self._tagged(client, "a3")
             except (OSError, ServerError):
                 pass
+            client.close()
+
+    @contextlib.contextmanager
+    def imap_session(
+        self, user: str, password: str, as_addr: str, host: str = "127.0.0.1"
+    ) -> Iterator[None]:
+        """Stay logged in over IMAP, posing as as_addr, until the block ends."""
+        client = _LineClient(host, self.imap_port)
+        try:
+            greeting = client.receive()
+            self.check_greeting(greeting, client.dialogue())
+            client.send(f'a1 ID ("x-originating-ip" "{as_addr}")')
+            self._expect(client, self._tagged(client, "a1").startswith("a1 OK"))
+            client.send(f'a2 LOGIN "{user}" "{password}"')
+            self._expect(client, self._tagged(client, "a2").startswith("a2 OK"))
+            yield
+            client.send("a3 LOGOUT")
+            self._tagged(client, "a3")
+        finally:
             client.close()
 
     @staticmethod

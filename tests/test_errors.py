@@ -250,7 +250,7 @@ def test_state_with_a_checksummed_but_impossible_offset(
     document = json.loads(path.read_text())
     for position in document["logs"].values():
         position["offset"] = offset
-    document["checksum"] = state_module._checksum(document["logs"])
+    document["checksum"] = state_module.checksum_of(document)
     path.write_text(json.dumps(document))
     assert "corrupt" in assert_one_line_error(setup.popbs("sync", *NOW), 5)
 

@@ -79,3 +79,33 @@ def test_unreadable_journal_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(Exception) as caught:
         list(journal.read((bogus,), None, since=0))
     assert type(caught.value).__name__ == "InputError"
+
+
+def test_sync_reads_the_journal_from_its_cursor(tmp_path: Path) -> None:
+    from helpers import POSTMAP, Setup
+
+    if POSTMAP is None:
+        pytest.skip("Postfix's postmap missing")
+    setup = Setup(tmp_path)
+    file = JournalFile(tmp_path / "mail.journal")
+    file.add(WHEN, dovecot_message("198.51.100.7"), **DOVECOT_SERVICE)
+    file.add(
+        WHEN + 1,
+        dovecot_message("203.0.113.66", user="x"),
+        SYSLOG_IDENTIFIER="dovecot",
+        _COMM="logger",
+        _UID="1000",
+    )
+    args = ("--journal-file", str(file.path), "--now", str(WHEN + 60))
+
+    scan = setup.popbs("scan", *args, check=True)
+    assert [line.split()[0] for line in scan.stdout.splitlines()] == ["198.51.100.7"]
+    assert setup.popbs("scan", *args, check=True).stdout == ""
+
+    file.add(WHEN + 30, dovecot_message("198.51.100.8", user="bob"), **DOVECOT_SERVICE)
+    setup.popbs("sync", *args, check=True)
+    assert setup.query("198.51.100.8") == str(int(WHEN + 30))
+    assert setup.query("198.51.100.7") is None  # scan had consumed it
+    assert setup.query("203.0.113.66") is None
+    cursors = (setup.state_dir / "state.json").read_text()
+    assert '"cursors"' in cursors and "s=" in cursors

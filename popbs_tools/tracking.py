@@ -1,0 +1,100 @@
+"""Long IMAP sessions: a client that stays connected keeps its grant.
+
+A mail client left open, or idling in IMAP IDLE, logs in once and may stay
+connected for hours: its grant must last until the TTL has passed after it
+logs out, not after it logged in. Each tracked session is followed from its
+login line to its end-of-session line, across runs, by a key both lines share:
+Dovecot's session id, else the process id, else user and address (Courier).
+
+A session is tracked only once its server has been seen ending a session with
+a key of that kind: a server whose end lines cannot be matched (Dovecot with
+a mail_log_prefix that lacks the session id, say) would otherwise keep every
+grant for the whole bound. The bound (--max-session, 12 hours by default)
+stops a session whose end was never seen, for a lost line or a server crash,
+from keeping its grant for ever.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from popbs_tools.logline import Record
+from popbs_tools.recognise import Login
+from popbs_tools.state import Session
+
+log = logging.getLogger(__name__)
+
+# Open sessions kept at most; the oldest are dropped first beyond this.
+MAX_OPEN = 50_000
+
+
+def session_key(record: Record, login: Login, pid: str) -> tuple[str, str] | None:
+    """(kind, key) for the session a login or end line belongs to, if any.
+
+    `pid` must be the session's own process, not a logger shared by all
+    sessions (Dovecot's log process, courierlogger): the rules know which.
+    """
+    if login.session:
+        kind, ident = "session", login.session
+    elif pid:
+        kind, ident = "pid", pid
+    elif login.user and login.ip:
+        kind, ident = "client", f"{login.user}@{login.ip}"
+    else:
+        # Dovecot 2.2's end lines name the user alone: nothing to match by.
+        return None
+    return kind, f"{record.host}|{login.server}|{kind}:{ident}"
+
+
+@dataclass
+class Tracker:
+    sessions: dict[str, Session]
+    learned: set[str]
+
+    def opened(self, record: Record, login: Login, pid: str, when: float) -> None:
+        if login.protocol != "imap":
+            return  # POP3 sessions last seconds
+        found = session_key(record, login, pid)
+        if found is None or f"{login.server}:{found[0]}" not in self.learned:
+            return
+        key = found[1]
+        session = self.sessions.get(key)
+        if session is not None:
+            # Several connections of one client (Courier keys by user and
+            # address): each end line closes one.
+            session.count += 1
+            return
+        self.sessions[key] = Session(login.ip, login.user, login.server, when)
+        if len(self.sessions) > MAX_OPEN:
+            oldest = min(self.sessions, key=lambda k: self.sessions[k].since)
+            del self.sessions[oldest]
+
+    def ended(self, record: Record, login: Login, pid: str) -> Session | None:
+        """Close the session an end line belongs to; return it if it was open."""
+        found = session_key(record, login, pid)
+        if found is None:
+            return None
+        kind, key = found
+        self.learned.add(f"{login.server}:{kind}")
+        session = self.sessions.get(key)
+        if session is None:
+            return None
+        session.count -= 1
+        if session.count <= 0:
+            del self.sessions[key]
+        return session
+
+    def expire(self, now: float, max_session: int) -> None:
+        for key, session in list(self.sessions.items()):
+            if now - session.since > max_session:
+                log.info(
+                    "no end seen for the session of %s (%s) after %ds; "
+                    "its grant is no longer refreshed",
+                    session.ip,
+                    session.user,
+                    max_session,
+                )
+                del self.sessions[key]
+
+    def connected(self) -> set[str]:
+        """Addresses with a session still open."""
+        return {session.ip for session in self.sessions.values()}
