@@ -3,6 +3,7 @@
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -15,6 +16,7 @@ BUILTIN_NEVER_GRANT: tuple[IPNetwork, ...] = (
 )
 
 
+@lru_cache(maxsize=65536)
 def normalise(text: str) -> str | None:
     """Return the key Postfix's smtpd looks up for this address, or None.
 
@@ -71,18 +73,24 @@ class Policy:
 
     def refusal(self, key: str) -> str | None:
         """Why `key` (a normalised address) must not be granted, or None."""
-        address = ipaddress.ip_address(key)
-        if address.is_loopback:
-            return "loopback address"
-        if address.is_unspecified:
-            return "unspecified address"
-        if address.is_multicast:
-            return "multicast address"
-        if address.is_reserved:
-            # 240.0.0.0/4 with the broadcast address, and IPv6's ::/8 with the
-            # deprecated IPv4-compatible ::127.0.0.1: no client comes from there.
-            return "reserved address"
-        for network in self.never_grant:
-            if address.version == network.version and address in network:
-                return f"in never-grant network {network}"
-        return None
+        # Clients log in again and again: the answer is worth keeping.
+        return _refusal(self, key)
+
+
+@lru_cache(maxsize=65536)
+def _refusal(policy: Policy, key: str) -> str | None:
+    address = ipaddress.ip_address(key)
+    if address.is_loopback:
+        return "loopback address"
+    if address.is_unspecified:
+        return "unspecified address"
+    if address.is_multicast:
+        return "multicast address"
+    if address.is_reserved:
+        # 240.0.0.0/4 with the broadcast address, and IPv6's ::/8 with the
+        # deprecated IPv4-compatible ::127.0.0.1: no client comes from there.
+        return "reserved address"
+    for network in policy.never_grant:
+        if address.version == network.version and address in network:
+            return f"in never-grant network {network}"
+    return None

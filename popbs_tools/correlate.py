@@ -6,8 +6,8 @@ popa3d's "Session from IP" then "Authentication passed for USER". The pairing
 key is (log, host, family, pid): lines of other logs, machines or servers never
 pair. The table is bounded, and an address pairs at most once and only with a
 login within the rule's window after it, so a reused pid or a lost end-of-session
-line cannot lend an old address to a new login. The table lives for one scan: a
-login whose address line was read by the previous scan is not found.
+line cannot lend an old address to a new login. The table is kept in the state
+between runs: a cron run often falls between the two lines.
 """
 
 from collections import OrderedDict
@@ -17,6 +17,9 @@ from popbs_tools.recognise import Login, Role, Step
 
 # Processes whose address is kept; the oldest is dropped beyond this.
 MAX_ENTRIES = 10_000
+
+# No rule's window is longer: older addresses are not kept between runs.
+MAX_WINDOW = 2 * 3600.0
 
 # Stamps of one process's lines may tie or, with coarse or skewed writers, run
 # a little backwards.
@@ -34,9 +37,29 @@ class _Address:
 class Sessions:
     """The addresses of processes whose login has not been seen yet."""
 
-    def __init__(self, limit: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self, limit: int = MAX_ENTRIES, saved: dict[str, list[object]] | None = None
+    ) -> None:
         self.limit = limit
         self._addresses: OrderedDict[Key, _Address] = OrderedDict()
+        for text, (ip, when) in (saved or {}).items():
+            parts = text.split("|")
+            if (
+                len(parts) == 4
+                and isinstance(ip, str)
+                and isinstance(when, float | int)
+            ):
+                self._addresses[(parts[0], parts[1], parts[2], parts[3])] = _Address(
+                    ip, float(when)
+                )
+
+    def saved(self, now: float) -> dict[str, list[object]]:
+        """The addresses still waiting for their login, for the state."""
+        return {
+            "|".join(key): [address.ip, address.when]
+            for key, address in self._addresses.items()
+            if now - address.when <= MAX_WINDOW
+        }
 
     def __len__(self) -> int:
         return len(self._addresses)

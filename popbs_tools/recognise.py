@@ -140,8 +140,17 @@ class Recogniser:
 
     @property
     def markers(self) -> tuple[bytes, ...]:
+        """What the scanner searches for: one pass over the log each.
+
+        A marker that holds another ("LOGIN, user=" holds " user=") finds no
+        line the shorter one misses, so it is left out.
+        """
         found = dict.fromkeys(marker for rule in self.rules for marker in rule.markers)
-        return tuple(found)
+        return tuple(
+            marker
+            for marker in found
+            if not any(other != marker and other in marker for other in found)
+        )
 
     def rule_named(self, name: str) -> Rule | None:
         return self._by_name.get(name)

@@ -56,11 +56,12 @@ class Interpreter:
     # Open IMAP sessions, kept across runs in the state; None where there is
     # no state (files named on the command line).
     tracker: Tracker | None = None
+    # Addresses waiting for their login line (correlate.py), also kept.
+    pairs: Sessions | None = None
 
     def logins(self, items: Iterable[Item]) -> Iterator[Found]:
         guessers: dict[str, YearGuesser] = {}
-        # One table a scan: see correlate.py.
-        pairs = Sessions()
+        pairs = self.pairs if self.pairs is not None else Sessions()
         for source, item in items:
             guesser = guessers.get(source.name)
             if guesser is None:
@@ -86,7 +87,7 @@ class Interpreter:
             return self._ended(source, record, guesser, step)
         if step is not None:
             when = guesser.resolve(record.stamp)
-            key = (source.name, record.host, step.family, step.pid)
+            key = (source.log or source.name, record.host, step.family, step.pid)
             login = pairs.apply(key, step, when)
         if login is None:
             return None
@@ -148,6 +149,7 @@ def scan_configured(
     """
     current = saved.copy()
     interpreter.tracker = Tracker(current.sessions, set(current.learned))
+    interpreter.pairs = Sessions(saved=current.pending)
     markers = interpreter.recogniser.markers
 
     def items() -> Iterator[Item]:
@@ -161,8 +163,9 @@ def scan_configured(
                 current.logs[key] = reader.position
         if journal_source is not None:
             yield from _journal_items(journal_source, saved, current, from_start)
-        assert interpreter.tracker is not None
+        assert interpreter.tracker is not None and interpreter.pairs is not None
         current.learned = sorted(interpreter.tracker.learned)
+        current.pending = interpreter.pairs.saved(interpreter.now)
 
     return interpreter.logins(items()), current
 

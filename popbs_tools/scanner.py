@@ -44,6 +44,9 @@ class Source:
 
     name: str
     mtime: float | None
+    # The configured log this generation belongs to: lines of one process
+    # pair across a rotation.
+    log: str = ""
 
 
 def _digest(data: bytes) -> str:
@@ -266,7 +269,7 @@ class LogScan:
                 except (OSError, EOFError, lzma.LZMAError):
                     continue
                 log.info("finishing %s from offset %d", sibling, self.saved.offset)
-                source = Source(str(sibling), sibling.stat().st_mtime)
+                source = Source(str(sibling), sibling.stat().st_mtime, str(self.path))
                 for item in read_from(
                     handle, self.saved.offset, self.markers, compressed
                 ):

@@ -65,8 +65,10 @@ class State:
     cursors: dict[str, str] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
     # Servers seen logging the end of a session in a way it can be matched to
-    # its login: only their sessions are tracked (see scan.OpenSessions).
+    # its login: only their sessions are tracked (see tracking.py).
     learned: list[str] = field(default_factory=list)
+    # Client addresses whose login line has not come yet (see correlate.py).
+    pending: dict[str, list[object]] = field(default_factory=dict)
 
     def copy(self) -> "State":
         return State(
@@ -74,10 +76,11 @@ class State:
             dict(self.cursors),
             {key: Session(**asdict(s)) for key, s in self.sessions.items()},
             list(self.learned),
+            dict(self.pending),
         )
 
 
-BODY = ("logs", "cursors", "sessions", "learned")
+BODY = ("logs", "cursors", "sessions", "learned", "pending")
 
 
 def _position(fields: Any) -> Position:
@@ -98,6 +101,21 @@ def _session(fields: Any) -> Session:
     if not isinstance(session.since, int | float) or type(session.count) is not int:
         raise ValueError("a session time or count is not a number")
     return session
+
+
+def _pending(entries: Any) -> dict[str, list[object]]:
+    if not isinstance(entries, dict):
+        raise ValueError("pending addresses are not a table")
+    for key, value in entries.items():
+        good = (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], str)
+            and isinstance(value[1], int | float)
+        )
+        if not good:
+            raise ValueError(f"pending address {key!r} is malformed")
+    return dict(entries)
 
 
 def checksum_of(document: dict[str, Any]) -> str:
@@ -157,6 +175,7 @@ def load(state_dir: Path) -> State:
                 key: _session(f) for key, f in (document.get("sessions") or {}).items()
             },
             learned=list(learned),
+            pending=_pending(document.get("pending") or {}),
         )
     except StateError:
         raise
@@ -175,6 +194,7 @@ def save(state_dir: Path, state: State) -> None:
         "cursors": dict(sorted(state.cursors.items())),
         "sessions": {key: asdict(s) for key, s in sorted(state.sessions.items())},
         "learned": sorted(state.learned),
+        "pending": dict(sorted(state.pending.items())),
     }
     document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"

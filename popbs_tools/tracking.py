@@ -65,8 +65,8 @@ class Tracker:
             return
         self.sessions[key] = Session(login.ip, login.user, login.server, when)
         if len(self.sessions) > MAX_OPEN:
-            oldest = min(self.sessions, key=lambda k: self.sessions[k].since)
-            del self.sessions[oldest]
+            # Dicts keep insertion order: the first key is the oldest login.
+            del self.sessions[next(iter(self.sessions))]
 
     def ended(self, record: Record, login: Login, pid: str) -> Session | None:
         """Close the session an end line belongs to; return it if it was open."""

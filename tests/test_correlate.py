@@ -244,3 +244,23 @@ def test_pairs_through_a_scanned_file(tmp_path: Path) -> None:
     assert [(one.ip, one.user, one.server) for one in found] == [
         ("2001:db8::7", "alice", "qmail-pop3d")
     ]
+
+
+def test_pairs_across_two_runs_and_a_rotation(tmp_path: Path) -> None:
+    # cron often runs between the address line and the login line; logrotate
+    # may too. The address waits in the state for its login.
+    from helpers import Setup
+
+    setup = Setup(tmp_path)
+    now = ("--now", "2026-12-04T17:30:00")
+    setup.append("Dec  4 17:20:00 mail popa3d[9001]: Session from 198.51.100.140")
+    assert setup.popbs("scan", *now, check=True).stdout == ""
+
+    setup.log.rename(setup.log.with_name("mail.log.1"))
+    setup.append("Dec  4 17:20:01 mail popa3d[9001]: Authentication passed for alice")
+    found = setup.popbs("scan", *now, check=True).stdout.split()
+    assert found[:3] == ["198.51.100.140", found[1], "alice"]
+
+    # Paired once: the address is gone from the state.
+    setup.append("Dec  4 17:20:02 mail popa3d[9001]: Authentication passed for eve")
+    assert setup.popbs("scan", *now, check=True).stdout == ""

@@ -343,3 +343,9 @@ def test_an_end_of_session_step_leaves_the_pairing_table_alone() -> None:
     assert len(sessions) == 1
     paired = sessions.apply(key, session_login, NOW + 2)
     assert paired is not None and paired.ip == "198.51.100.140"
+
+
+def test_markers_holding_another_marker_are_left_out() -> None:
+    markers = Recogniser().markers
+    assert b" user=" in markers and b"LOGIN, user=" not in markers
+    assert not any(a != b and a in b for a in markers for b in markers)

@@ -127,3 +127,24 @@ def test_the_loggers_pid_does_not_join_sessions(setup: Setup) -> None:
     assert setup.query(ALICE) is None
     assert setup.query("198.51.100.2") is None
     assert '"sessions": {}' in (setup.state_dir / "state.json").read_text()
+
+
+def test_open_sessions_are_bounded() -> None:
+    from popbs_tools import tracking
+    from popbs_tools.logline import Record
+    from popbs_tools.recognise import Login
+
+    tracker = tracking.Tracker({}, {"dovecot:session"})
+    record = Record(None, "mail", "dovecot", "", "")
+    for n in range(tracking.MAX_OPEN + 10):
+        login = Login(
+            f"198.51.{n // 250 % 250}.{n % 250 + 1}",
+            "u",
+            "dovecot",
+            "imap",
+            "dovecot",
+            f"s{n}",
+        )
+        tracker.opened(record, login, "", float(n))
+    assert len(tracker.sessions) == tracking.MAX_OPEN
+    assert min(s.since for s in tracker.sessions.values()) == 10.0
