@@ -382,7 +382,7 @@ def publish(config: Settings) -> int:
 @_setting_options
 @_command
 def list_(config: Settings, as_json: bool) -> int:
-    """The current grants: address, last login, time left."""
+    """The current grants: address, last seen logged in, time left."""
     current = grants.load(config.map_path)
     valid = grants.prune(current, config.ttl, config.now)
     width = max((len(key) for key in valid), default=0)
