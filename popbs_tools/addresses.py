@@ -15,6 +15,9 @@ BUILTIN_NEVER_GRANT: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("::1/128"),
 )
 
+# "This network" (RFC 1122): no client connects from there.
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
 
 @lru_cache(maxsize=65536)
 def normalise(text: str) -> str | None:
@@ -82,7 +85,7 @@ def _refusal(policy: Policy, key: str) -> str | None:
     address = ipaddress.ip_address(key)
     if address.is_loopback:
         return "loopback address"
-    if address.is_unspecified:
+    if address.is_unspecified or address in _THIS_NETWORK:
         return "unspecified address"
     if address.is_multicast:
         return "multicast address"

@@ -126,8 +126,12 @@ def _sync_locked(settings: Settings) -> Change:
             latest[login.ip] = login.time
 
     assert reader.tracker is not None
-    reader.tracker.expire(settings.now, settings.max_session)
-    connected = reader.tracker.connected()
+    reader.tracker.expire(
+        settings.now, settings.max_session, settings.ttl, settings.disabled
+    )
+    connected = {
+        key for key in reader.tracker.connected() if not settings.policy.refusal(key)
+    }
 
     def edit(current: Grants) -> Grants:
         merged = grants.merge(current, latest.items(), settings.now)

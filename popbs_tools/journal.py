@@ -2,9 +2,9 @@
 
 The position is journalctl's cursor, never a time. An entry counts only when
 the journal's trusted fields, which journald sets itself and no client can
-forge, show that a POP3/IMAP server logged it: a local user running
-`logger -t dovecot ...` gets _COMM=logger and their own _UID, and so cannot
-open the relay by imitating Dovecot's message.
+forge, show that a POP3/IMAP server logged it: its unit is a server's. A local
+user running `logger -t dovecot ...` logs under their session's scope, and so
+cannot open the relay by imitating Dovecot's message.
 """
 
 import json
@@ -31,6 +31,7 @@ SERVER_UNITS = re.compile(
     r"popa3d|solid-pop3d|tpop3d|teapop|perdition[\w.@-]*|citadel|kerio-connect|"
     r"zimbra|vpopmail|qmail-pop3d[\w@-]*|inetd|xinetd|openbsd-inetd)\.service"
 )
+SUPER_SERVERS = re.compile(r"(inetd|xinetd|openbsd-inetd)\.service")
 # Process names (comm, at most 15 characters) of the servers themselves.
 SERVER_COMMANDS = frozenset(
     [
@@ -86,13 +87,21 @@ class Entry:
 
 
 def trust(fields: dict[str, Any]) -> str:
-    """Why an entry is not trusted to come from a server, or "" if it is."""
+    """Why an entry is not trusted to come from a server, or "" if it is.
+
+    The unit comes from the process's cgroup, which only root can choose. A
+    process name alone proves nothing (any process may set its own through
+    /proc/self/comm), so it is only asked for under inetd and xinetd, which
+    start many kinds of servers, and then only of a system user.
+    """
     unit = fields.get("_SYSTEMD_UNIT")
-    if isinstance(unit, str) and SERVER_UNITS.fullmatch(unit):
+    if not isinstance(unit, str) or not SERVER_UNITS.fullmatch(unit):
+        return f"logged under unit {unit!r}, not a POP3/IMAP server's"
+    if not SUPER_SERVERS.fullmatch(unit):
         return ""
     comm, uid = fields.get("_COMM"), fields.get("_UID")
     if comm not in SERVER_COMMANDS:
-        return f"logged by {comm!r} (unit {unit!r}), not by a POP3/IMAP server"
+        return f"logged by {comm!r} under {unit}, not by a POP3/IMAP server"
     if not (isinstance(uid, str) and uid.isdigit() and int(uid) <= SYSTEM_UID_MAX):
         return f"logged by {comm!r} as uid {uid}, not a system user"
     return ""

@@ -106,12 +106,14 @@ def _skip_structured_data(rest: str) -> str | None:
 
 def finish(stamp: Stamp, host: str, tag: str, pid: str | None, msg: str) -> Record:
     msg = msg.removeprefix("\ufeff")
-    repeated = _REPEATED.fullmatch(msg)
-    if repeated:
-        msg = repeated["msg"]
-    solaris = _SOLARIS_ID.match(msg)
-    if solaris:
-        msg = msg[solaris.end() :]
+    # Either wrapper may come first: Solaris tags the folded line too.
+    for _ in range(2):
+        solaris = _SOLARIS_ID.match(msg)
+        if solaris:
+            msg = msg[solaris.end() :]
+        repeated = _REPEATED.fullmatch(msg)
+        if repeated:
+            msg = repeated["msg"]
     return Record(stamp, host, tag, pid or "", msg)
 
 

@@ -116,7 +116,7 @@ class Interpreter:
             return None
         session = self.tracker.ended(record, step.login, step.pid)
         when = guesser.resolve(record.stamp)
-        if session is None or when is None:
+        if session is None or when is None or self.policy.refusal(session.ip):
             return None
         return Found(
             session.ip, int(when), session.user, session.server, "imap", source.name

@@ -48,8 +48,24 @@ def test_imitations_are_not_trusted(tmp_path: Path, fields: dict[str, str]) -> N
 
 
 def test_inetd_server_run_as_system_user_is_trusted() -> None:
-    fields = {"_COMM": "in.qpopper", "_UID": "0", "_SYSTEMD_UNIT": "session-1.scope"}
+    fields = {"_COMM": "in.qpopper", "_UID": "0", "_SYSTEMD_UNIT": "inetd.service"}
     assert journal.trust(fields) == ""
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # Any process may name itself: the unit is what counts.
+        {"_COMM": "imap", "_UID": "33", "_SYSTEMD_UNIT": "apache2.service"},
+        {"_COMM": "in.qpopper", "_UID": "0", "_SYSTEMD_UNIT": "session-1.scope"},
+        # Under a super-server, only a server's process of a system user.
+        {"_COMM": "bash", "_UID": "1000", "_SYSTEMD_UNIT": "inetd.service"},
+        {"_COMM": "in.qpopper", "_UID": "1000", "_SYSTEMD_UNIT": "xinetd.service"},
+    ],
+    ids=["web-server-named-imap", "no-server-unit", "inetd-shell", "inetd-user"],
+)
+def test_process_names_alone_are_not_trusted(fields: dict[str, str]) -> None:
+    assert journal.trust(fields) != ""
 
 
 def test_cursor_resumes_after_the_last_entry(tmp_path: Path) -> None:

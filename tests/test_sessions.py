@@ -148,3 +148,60 @@ def test_open_sessions_are_bounded() -> None:
         tracker.opened(record, login, "", float(n))
     assert len(tracker.sessions) == tracking.MAX_OPEN
     assert min(s.since for s in tracker.sessions.values()) == 10.0
+
+
+def test_an_open_session_never_brings_back_a_never_grant_address(setup: Setup) -> None:
+    setup.append(login(ALICE, "AliceSessn001", "09:00:00"))
+    sync(setup, "09:10:00")
+    never = ("--never-grant", "198.51.100.0/24")
+    sync(setup, "09:40:00", *never)
+    assert setup.query(ALICE) is None
+    setup.append(logout("AliceSessn001", "09:50:00"))
+    sync(setup, "09:55:00", *never)
+    assert setup.query(ALICE) is None
+
+
+def test_a_server_switched_off_stops_refreshing_its_sessions(setup: Setup) -> None:
+    setup.append(login(ALICE, "AliceSessn001", "09:00:00"))
+    sync(setup, "09:10:00")
+    sync(setup, "09:40:00", "--disable", "dovecot")
+    assert setup.query(ALICE) is None
+
+
+def test_a_stray_end_line_of_another_host_teaches_nothing(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    setup.append(
+        logout("StraySessn002", "08:00:00").replace(" mail ", " hostA "),
+        login(ALICE, "AliceSessn001", "09:00:00").replace(" mail ", " hostB "),
+        "Dec  4 09:05:00 hostB dovecot: imap(alice): Disconnected: Logged out in=1",
+    )
+    sync(setup, "09:10:00")
+    sync(setup, "09:40:00")
+    assert setup.query(ALICE) is None
+
+
+def test_a_reused_pid_does_not_lend_its_logout_to_the_old_client(
+    tmp_path: Path,
+) -> None:
+    setup = Setup(tmp_path)
+    setup.append(
+        "Dec  4 09:00:00 mail imapd[50]: Login user=z host=h [198.51.100.50]",
+        "Dec  4 09:01:00 mail imapd[50]: Logout user=z host=h [198.51.100.50]",
+        "Dec  4 10:10:00 mail imapd[55]: Login user=old host=h [198.51.100.5]",
+        # The old session's end was lost; the pid is reused.
+        "Dec  4 10:20:00 mail imapd[55]: Login user=new host=h [198.51.100.6]",
+        "Dec  4 10:21:00 mail imapd[55]: Logout user=new host=h [198.51.100.6]",
+    )
+    sync(setup, "10:22:00")
+    grants = dict(line.split() for line in setup.map.read_text().splitlines()[1:])
+    assert grants["198.51.100.5"] == str(local_time(10, 10))
+    assert grants["198.51.100.6"] == str(local_time(10, 21))
+    sync(setup, "10:45:00")
+    assert setup.query("198.51.100.5") is None  # not refreshed: its end was lost
+
+
+def local_time(hour: int, minute: int) -> int:
+    import time
+    from datetime import datetime
+
+    return int(time.mktime(datetime(2026, 12, 4, hour, minute).timetuple()))
