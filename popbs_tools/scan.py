@@ -36,12 +36,14 @@ class Found:
     def as_text(self) -> str:
         # One record a line, four fields: white space in a user name would
         # shift the columns, so it is written as \xNN.
-        user = "".join(
-            char
-            if char.isprintable() and not char.isspace() and char != "\\"
-            else f"\\x{ord(char):02x}"
-            for char in self.user
-        )
+        user = self.user
+        if not (user.isprintable() and " " not in user and "\\" not in user):
+            user = "".join(
+                char
+                if char.isprintable() and not char.isspace() and char != "\\"
+                else f"\\x{ord(char):02x}"
+                for char in user
+            )
         return f"{self.ip} {self.time} {user or '-'} {self.server}"
 
 
