@@ -46,6 +46,7 @@ _LOG4J = re.compile(
 
 _TAG = r"(?P<tag>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?"
 _WITH_HOST = re.compile(rf"(?P<host>\S*[^\s:]) {_TAG}: (?P<msg>.*)", re.DOTALL)
+_SYSLOG = re.compile(rf"{_YEARLESS} (?P<host>\S*[^\s:]) {_TAG}: (?P<msg>.*)", re.DOTALL)
 _NO_HOST = re.compile(rf"{_TAG}: (?P<msg>.*)", re.DOTALL)
 _BRACKET_TAG = re.compile(r"\[(?P<tag>[\w.-]+)\] (?P<msg>.*)", re.DOTALL)
 
@@ -119,6 +120,14 @@ def finish(stamp: Stamp, host: str, tag: str, pid: str | None, msg: str) -> Reco
 
 def parse(line: str) -> Record | None:
     """Parse one line of a syslog file or a server's own log file."""
+    # The traditional syslog line, by far the most common, in one match; it
+    # cannot be mistaken for any of the other forms below.
+    match = _SYSLOG.fullmatch(line)
+    if match:
+        return finish(
+            _stamp(match), match["host"], match["tag"], match["pid"], match["msg"]
+        )
+
     match = _RFC5424.fullmatch(line)
     if match:
         msg = _skip_structured_data(match["rest"])

@@ -8,6 +8,7 @@ or `now` when that is earlier), and the order of the lines in the file.
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 
 MONTHS = {
     name: number
@@ -59,12 +60,20 @@ Stamp = Yearless | datetime | None
 
 
 def _local(year: int, stamp: Yearless) -> float | None:
+    minute = _local_minute(year, stamp.month, stamp.day, stamp.hour, stamp.minute)
+    return None if minute is None else minute + stamp.second
+
+
+@lru_cache(maxsize=4096)
+def _local_minute(
+    year: int, month: int, day: int, hour: int, minute: int
+) -> float | None:
+    # A log's lines share their minutes: mktime once a minute, not a line.
     try:
-        datetime(year, stamp.month, stamp.day)
+        datetime(year, month, day)
     except ValueError:
         return None
-    parts = (year, stamp.month, stamp.day, stamp.hour, stamp.minute, stamp.second)
-    return time.mktime(parts + (0, 0, -1))
+    return time.mktime((year, month, day, hour, minute, 0, 0, 0, -1))
 
 
 @dataclass
