@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -142,27 +143,28 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     log.propagate = False
 
 
-def out(line: str) -> None:
-    """Write one line of data to stdout."""
+@contextmanager
+def _stdout_errors() -> Iterator[None]:
+    """A full disk or a closed terminal on stdout is an output error."""
     try:
-        click.echo(line)
+        yield
     except BrokenPipeError:
-        raise
+        raise  # the reader went away: handled as success in _command
     except OSError as error:
         raise OutputError(
             f"cannot write to standard output: {error.strerror}"
         ) from None
+
+
+def out(line: str) -> None:
+    """Write one line of data to stdout."""
+    with _stdout_errors():
+        click.echo(line)
 
 
 def flush() -> None:
-    try:
+    with _stdout_errors():
         sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as error:
-        raise OutputError(
-            f"cannot write to standard output: {error.strerror}"
-        ) from None
 
 
 def _command(function: Callable[..., int | None]) -> Callable[..., None]:
@@ -172,21 +174,7 @@ def _command(function: Callable[..., int | None]) -> Callable[..., None]:
     def wrapper(**options: Any) -> None:
         verbose = options.pop("verbose")
         _setup_logging(verbose, options.pop("quiet"))
-        names = (
-            "config",
-            "log",
-            "map",
-            "map_type",
-            "state_dir",
-            "ttl",
-            "never_grant",
-            "postmap",
-            "now",
-            "journal",
-            "journal_file",
-            "disable",
-            "max_session",
-        )
+        names = ("config", *settings.KEYS)
         values = {name: options.pop(name) for name in names}
         try:
             resolved = settings.resolve(values, settings.environment(), time.time())
