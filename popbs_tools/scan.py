@@ -158,11 +158,16 @@ def scan_configured(
         for path in logs:
             key = str(path)
             previous = None if from_start else saved.logs.get(key)
-            reader = scanner.LogScan(path, previous, markers)
+            finished = None if from_start else saved.finished.get(key)
+            reader = scanner.LogScan(path, previous, markers, finished)
             with _reading(key):
                 yield from reader.lines()
             if reader.position is not None:
                 current.logs[key] = reader.position
+            if reader.finished is None:
+                current.finished.pop(key, None)
+            else:
+                current.finished[key] = reader.finished
         if journal_source is not None:
             yield from _journal_items(journal_source, saved, current, from_start)
         assert interpreter.tracker is not None and interpreter.pairs is not None

@@ -186,6 +186,28 @@ def holds(handle: BinaryIO, saved: Position) -> bool:
     return len(tail) == saved.tail_len and _digest(tail) == saved.tail
 
 
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def _newness(path: Path, log: Path) -> tuple[int, float]:
+    """Sort key of a rotated generation: greater is newer.
+
+    logrotate and savelog number generations (X.0, X.1 newest, X.2 older),
+    logrotate's dateext dates them (X-YYYYMMDD); anything else goes by mtime.
+    """
+    suffix = path.name[len(log.name) :]
+    for ending in _COMPRESSED:
+        suffix = suffix.removesuffix(ending)
+    if suffix[:1] == "." and suffix[1:].isdigit():
+        return 0, -int(suffix[1:])
+    if suffix[:1] == "-" and suffix[1:].isdigit():
+        return 1, int(suffix[1:])
+    try:
+        return 2, path.stat().st_mtime
+    except OSError:
+        return 2, 0.0
+
+
 def rotated_siblings(path: Path) -> list[Path]:
     """Files that may be earlier generations of `path`, newest first.
 
@@ -201,7 +223,7 @@ def rotated_siblings(path: Path) -> list[Path]:
         for entry in entries
         if entry.name.startswith(names) and entry.is_file() and not entry.is_symlink()
     ]
-    return sorted(found, key=lambda entry: entry.stat().st_mtime, reverse=True)
+    return sorted(found, key=lambda entry: _newness(entry, path), reverse=True)
 
 
 @dataclass
@@ -209,15 +231,23 @@ class LogScan:
     """One configured log, read from its saved position.
 
     Iterate `lines()` for (source, candidate line); afterwards `position` is
-    what to save, or None when nothing should change.
+    what to save (None when nothing should change), and `finished` where the
+    last rotated generation ended, so that lines the writer still appends to
+    it after the rotation are read too (None to forget it).
     """
 
     path: Path
     saved: Position | None
     markers: tuple[bytes, ...]
+    finished_before: Position | None = None
     position: Position | None = None
+    finished: Position | None = None
+
+    def __post_init__(self) -> None:
+        self.finished = self.finished_before
 
     def lines(self) -> Iterator[tuple[Source, bytes]]:
+        yield from self._late_lines()
         try:
             handle = open_log(self.path)
         except FileNotFoundError:
@@ -230,7 +260,9 @@ class LogScan:
             stat = os.fstat(handle.fileno())
             start = 0
             if self.saved is not None:
-                if holds(handle, self.saved):
+                if self._emptied_and_rotated(stat):
+                    yield from self._read_by_inode()
+                elif holds(handle, self.saved):
                     start = self.saved.offset
                     if start == stat.st_size:
                         return
@@ -246,6 +278,31 @@ class LogScan:
             if self.saved is None or end != start or start != self.saved.offset:
                 self.position = position_of(handle, end, stat)
 
+    def _emptied_and_rotated(self, stat: os.stat_result) -> bool:
+        # Nothing was read from the saved generation (it was empty): its
+        # content cannot tell it apart, so its inode is the only hint left.
+        saved = self.saved
+        assert saved is not None
+        return (
+            saved.head_len == 0
+            and saved.ino != 0
+            and ((saved.dev, saved.ino) != (stat.st_dev, stat.st_ino))
+        )
+
+    def _read_by_inode(self) -> Iterator[tuple[Source, bytes]]:
+        assert self.saved is not None
+        for sibling in rotated_siblings(self.path):
+            try:
+                same = (sibling.stat().st_dev, sibling.stat().st_ino) == (
+                    self.saved.dev,
+                    self.saved.ino,
+                )
+            except OSError:
+                continue
+            if same:
+                yield from self._read_generation(sibling, 0)
+                return
+
     def _missing(self) -> Iterator[tuple[Source, bytes]]:
         # Mid-rotation the path can be missing for a moment: keep the position,
         # but finish the old generation if it already sits under a new name.
@@ -256,25 +313,19 @@ class LogScan:
         yield from self._finish_previous()
 
     def _finish_previous(self) -> Iterator[tuple[Source, bytes]]:
+        """Finish the saved generation, then read every newer rotated one."""
         assert self.saved is not None
-        for sibling in rotated_siblings(self.path):
-            try:
-                handle, compressed = open_any(sibling)
-            except OSError:
+        siblings = rotated_siblings(self.path)
+        for index, sibling in enumerate(siblings):
+            if not self._holds(sibling, self.saved):
                 continue
-            with handle:
-                try:
-                    if not holds(handle, self.saved):
-                        continue
-                except (OSError, EOFError, lzma.LZMAError):
-                    continue
-                log.info("finishing %s from offset %d", sibling, self.saved.offset)
-                source = Source(str(sibling), sibling.stat().st_mtime, str(self.path))
-                for item in read_from(
-                    handle, self.saved.offset, self.markers, compressed
-                ):
-                    if not isinstance(item, int):
-                        yield source, item
+            log.info("finishing %s from offset %d", sibling, self.saved.offset)
+            yield from self._read_generation(sibling, self.saved.offset)
+            # Rotated twice or more since the last run (downtime): the ones
+            # in between are read whole, oldest first.
+            for newer in reversed(siblings[:index]):
+                log.info("reading %s, rotated since the last run", newer)
+                yield from self._read_generation(newer, 0)
             self.position = START
             return
         if self.path.exists():
@@ -283,3 +334,48 @@ class LogScan:
                 "reading it from the start",
                 self.path,
             )
+
+    def _late_lines(self) -> Iterator[tuple[Source, bytes]]:
+        # A writer that has not reopened its log yet still appends to the
+        # renamed file: read what came after where the last run finished it.
+        before = self.finished_before
+        if before is None:
+            return
+        for sibling in rotated_siblings(self.path)[:2]:
+            if self._holds(sibling, before):
+                if sibling.stat().st_size > before.offset:
+                    yield from self._read_generation(sibling, before.offset)
+                return
+        self.finished = None  # compressed or gone: nothing more will come
+
+    @staticmethod
+    def _holds(path: Path, position: Position) -> bool:
+        try:
+            handle, _ = open_any(path)
+        except OSError:
+            return False
+        with handle:
+            try:
+                return holds(handle, position)
+            except (OSError, EOFError, lzma.LZMAError):
+                return False
+
+    def _read_generation(
+        self, path: Path, start: int
+    ) -> Iterator[tuple[Source, bytes]]:
+        """Read a rotated generation from `start`; remember where it ended."""
+        try:
+            handle, compressed = open_any(path)
+            stat = os.stat(path)
+        except OSError as error:
+            log.warning("cannot read %s: %s", path, error.strerror)
+            return
+        source = Source(str(path), stat.st_mtime, str(self.path))
+        with handle:
+            end = start
+            for item in read_from(handle, start, self.markers, compressed):
+                if isinstance(item, int):
+                    end = item
+                else:
+                    yield source, item
+            self.finished = None if compressed else position_of(handle, end, stat)

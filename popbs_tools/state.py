@@ -69,6 +69,9 @@ class State:
     learned: list[str] = field(default_factory=list)
     # Client addresses whose login line has not come yet (see correlate.py).
     pending: dict[str, list[object]] = field(default_factory=dict)
+    # Where each log's last rotated generation was read to: a writer may
+    # still append to it (see scanner.LogScan).
+    finished: Positions = field(default_factory=dict)
 
     def copy(self) -> "State":
         return State(
@@ -77,10 +80,11 @@ class State:
             {key: Session(**asdict(s)) for key, s in self.sessions.items()},
             list(self.learned),
             dict(self.pending),
+            dict(self.finished),
         )
 
 
-BODY = ("logs", "cursors", "sessions", "learned", "pending")
+BODY = ("logs", "cursors", "sessions", "learned", "pending", "finished")
 
 
 def _position(fields: Any) -> Position:
@@ -176,6 +180,10 @@ def load(state_dir: Path) -> State:
             },
             learned=list(learned),
             pending=_pending(document.get("pending") or {}),
+            finished={
+                name: _position(f)
+                for name, f in (document.get("finished") or {}).items()
+            },
         )
     except StateError:
         raise
@@ -195,6 +203,7 @@ def save(state_dir: Path, state: State) -> None:
         "sessions": {key: asdict(s) for key, s in sorted(state.sessions.items())},
         "learned": sorted(state.learned),
         "pending": dict(sorted(state.pending.items())),
+        "finished": {name: asdict(p) for name, p in sorted(state.finished.items())},
     }
     document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"

@@ -185,3 +185,58 @@ def test_unfinished_overlong_line_is_never_read_from_its_middle(setup: Setup) ->
     assert scanned(setup) == []
     setup.append(dovecot_line("198.51.100.1"))
     assert scanned(setup) == ["198.51.100.1"]
+
+
+def rotate(setup: Setup, *renames: tuple[str, str]) -> None:
+    for old, new in renames:
+        (setup.root / old).rename(setup.root / new)
+
+
+def test_rotated_twice_reads_the_generation_in_between(setup: Setup) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+
+    # Two rotations while popbs did not run; the older one compressed.
+    rotate(setup, ("mail.log", "mail.log.1"))
+    setup.append(dovecot_line("198.51.100.3"))
+    (setup.root / "mail.log.2.gz").write_bytes(
+        gzip.compress((setup.root / "mail.log.1").read_bytes())
+    )
+    (setup.root / "mail.log.1").unlink()
+    rotate(setup, ("mail.log", "mail.log.1"))
+    setup.append(dovecot_line("198.51.100.4"))
+
+    assert scanned(setup) == ["198.51.100.2", "198.51.100.3", "198.51.100.4"]
+    assert scanned(setup) == []
+
+
+def test_numbered_generations_sort_by_number_not_name(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    for name in ("mail.log.10.gz", "mail.log.9.gz", "mail.log.1", "mail.log.2.gz"):
+        (tmp_path / name).write_bytes(b"")
+    names = [path.name for path in scanner.rotated_siblings(log)]
+    assert names == ["mail.log.1", "mail.log.2.gz", "mail.log.9.gz", "mail.log.10.gz"]
+
+
+def test_late_lines_in_the_renamed_file_are_read(setup: Setup) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    rotate(setup, ("mail.log", "mail.log.1"))
+    setup.append(dovecot_line("198.51.100.2"))
+    assert scanned(setup) == ["198.51.100.2"]
+
+    # The writer had not reopened its log yet.
+    setup.append(dovecot_line("198.51.100.3"), log=setup.root / "mail.log.1")
+    setup.append(dovecot_line("198.51.100.4"))
+    assert scanned(setup) == ["198.51.100.3", "198.51.100.4"]
+    assert scanned(setup) == []
+
+
+def test_a_generation_empty_at_the_last_run_is_found_by_inode(setup: Setup) -> None:
+    setup.log.write_text("")
+    assert scanned(setup) == []
+    setup.append(dovecot_line("198.51.100.1"))
+    rotate(setup, ("mail.log", "mail.log.1"))
+    setup.append(dovecot_line("198.51.100.2"))
+    assert scanned(setup) == ["198.51.100.1", "198.51.100.2"]
