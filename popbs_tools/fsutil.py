@@ -2,8 +2,14 @@
 
 import contextlib
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
+
+# A run killed between creating a temp file and renaming it leaves the file
+# behind; one this old belongs to no live run (they hold the lock meanwhile).
+STALE_AFTER = 600.0
 
 
 def fsync_dir(directory: Path) -> None:
@@ -44,3 +50,24 @@ def replace(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.unlink(temp)
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_temps(directory: Path, name: str, now: float | None = None) -> None:
+    """Remove temp files of `name` that a killed run left in `directory`.
+
+    They are the names write_temp() gives (".NAME." and mkstemp's eight
+    characters), maybe with the suffix postmap added.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}(\.\w+)?")
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if now - info.st_mtime > STALE_AFTER:
+                os.unlink(entry.path)

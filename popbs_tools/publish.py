@@ -32,6 +32,7 @@ def is_current(grant_file: Path, map_type: str) -> bool:
 
 def publish(grant_file: Path, data: bytes, map_type: str, postmap: Path | None) -> None:
     directory = grant_file.parent
+    fsutil.remove_stale_temps(directory, grant_file.name)
     try:
         temp = fsutil.write_temp(directory, f".{grant_file.name}.", data, 0o644)
     except OSError as error:

@@ -207,6 +207,7 @@ def save(state_dir: Path, state: State) -> None:
     }
     document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
+    fsutil.remove_stale_temps(state_dir, STATE_FILE)
     try:
         fsutil.replace(state_dir / STATE_FILE, data, mode=0o600)
     except OSError as error:

@@ -72,3 +72,20 @@ def test_stale_map_is_detected(setup: Setup, monkeypatch: pytest.MonkeyPatch) ->
     future = setup.db.stat().st_mtime_ns + 10**9
     os.utime(setup.map, ns=(future, future))
     assert not publish.is_current(setup.map, setup.map_type)
+
+
+def test_temp_files_of_a_killed_run_are_removed(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAIL_CONFIG", str(setup.mail_config))
+    old = [setup.map_dir / ".popbs.abc123_x", setup.map_dir / ".popbs.abc123_x.db"]
+    young = setup.map_dir / ".popbs.young123"
+    unrelated = setup.map_dir / ".popbs.keep"
+    for path in (*old, young, unrelated):
+        path.write_bytes(b"")
+    for path in (*old, unrelated):
+        os.utime(path, (1, 1))
+    assert POSTMAP is not None
+    publish.publish(setup.map, grants.render({}), setup.map_type, Path(POSTMAP))
+    assert not any(path.exists() for path in old)
+    assert young.exists() and unrelated.exists()

@@ -240,3 +240,11 @@ def test_a_generation_empty_at_the_last_run_is_found_by_inode(setup: Setup) -> N
     rotate(setup, ("mail.log", "mail.log.1"))
     setup.append(dovecot_line("198.51.100.2"))
     assert scanned(setup) == ["198.51.100.1", "198.51.100.2"]
+
+
+def test_nul_bytes_at_the_head_are_skipped(setup: Setup) -> None:
+    with open(setup.log, "wb") as handle:
+        handle.write(b"\0" * 500 + dovecot_line("198.51.100.1").encode() + b"\n")
+    done = setup.popbs("scan", *NOW, check=True)
+    assert done.stdout.split()[:1] == ["198.51.100.1"]
+    assert "500 NUL bytes" in done.stderr
