@@ -66,14 +66,14 @@ def _local(year: int, stamp: Yearless) -> float | None:
 
 @lru_cache(maxsize=4096)
 def _local_minute(
-    year: int, month: int, day: int, hour: int, minute: int
+    year: int, month: int, day: int, hour: int, minute: int, isdst: int = -1
 ) -> float | None:
     # A log's lines share their minutes: mktime once a minute, not a line.
     try:
         datetime(year, month, day)
     except ValueError:
         return None
-    return time.mktime((year, month, day, hour, minute, 0, 0, 0, -1))
+    return time.mktime((year, month, day, hour, minute, 0, 0, 0, isdst))
 
 
 @dataclass
@@ -106,6 +106,16 @@ class YearGuesser:
             later = _local(time.localtime(when).tm_year + 1, stamp)
             if later is not None and later <= self.reference + FUTURE_SLACK:
                 when = later
+        # When clocks go back, an hour of wall time repeats; mktime takes the
+        # first. Lines are in order: a step back of at most that hour means
+        # the second one (log-faults case 24).
+        elif self._previous is not None and 0 < self._previous - when <= 3600:
+            year_of = time.localtime(when).tm_year
+            second = _local_minute(
+                year_of, stamp.month, stamp.day, stamp.hour, stamp.minute, isdst=0
+            )
+            if second is not None and second + stamp.second > when:
+                when = max(when, second + stamp.second)
         self._previous = when
         return when
 

@@ -96,3 +96,36 @@ def test_now_accepts_seconds_and_iso() -> None:
     )
     with pytest.raises(ValueError):
         timestamps.parse_when("yesterday", 0)
+
+
+def test_the_repeated_hour_of_a_dst_fall_back_counts_twice() -> None:
+    # In its own process: the test needs a time zone with DST.
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json
+from popbs_tools import logline
+from popbs_tools.timestamps import YearGuesser
+guesser = YearGuesser(reference=1793600000)  # 2026-11-02, after the change
+times = []
+for stamp in ("01:50:00", "01:59:00", "01:05:00", "01:40:00", "02:10:00"):
+    record = logline.parse(f"Nov  1 {stamp} mail dovecot: x")
+    times.append(int(guesser.resolve(record.stamp)))
+print(json.dumps(times))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"TZ": "America/New_York", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    times = json.loads(done.stdout)
+    # EDT (UTC-4) until 02:00, then EST (UTC-5): 01:05 and 01:40 are the
+    # second pass through the hour, an hour after their EDT readings.
+    assert times == sorted(times)
+    assert times[2] - times[1] == 6 * 60  # 05:59Z, then 06:05Z
+    assert times[4] - times[3] == 30 * 60
