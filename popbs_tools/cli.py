@@ -239,9 +239,14 @@ def popbs() -> None:
 
 
 @popbs.command()
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="Forget the saved state first: read the logs as on a first run.",
+)
 @_setting_options
 @_command
-def sync(config: Settings) -> int:
+def sync(config: Settings, reset: bool) -> int:
     """Scan the logs, merge new logins, prune, publish the map if it changed.
 
     The cron job. Prints nothing on success; exits 0 without touching
@@ -251,7 +256,7 @@ def sync(config: Settings) -> int:
     Example:
       popbs sync --log /var/log/mail.log --map /etc/postfix/popbs
     """
-    jobs.sync(config)
+    jobs.sync(config, reset)
     return 0
 
 
@@ -260,6 +265,9 @@ def sync(config: Settings) -> int:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
 @click.option("--no-state", is_flag=True, help="Read without touching the state.")
 @click.option("--from-start", is_flag=True, help="Ignore the saved offsets.")
+@click.option(
+    "--reset", is_flag=True, help="Forget the saved state first (a first run)."
+)
 @_setting_options
 @_command
 def scan(
@@ -268,6 +276,7 @@ def scan(
     as_json: bool,
     no_state: bool,
     from_start: bool,
+    reset: bool,
 ) -> int:
     """Print the logins found: `IP TIME USER SERVER`, one a line.
 
@@ -291,7 +300,7 @@ def scan(
         for login in jobs.scan_without_state(config, from_start):
             emit(login)
     else:
-        jobs.scan_with_state(config, from_start, emit)
+        jobs.scan_with_state(config, from_start, emit, reset)
     return 0
 
 

@@ -103,10 +103,12 @@ def _lock_path(settings: Settings) -> Path:
     return settings.state_dir / state.LOCK_FILE
 
 
-def sync(settings: Settings) -> Change | None:
+def sync(settings: Settings, reset: bool = False) -> Change | None:
     """The cron job. Returns None when another run holds the lock."""
     try:
         with locking.held(_lock_path(settings)):
+            if reset:
+                state.reset(settings.state_dir)
             return _sync_locked(settings)
     except locking.Busy:
         log.info("another popbs run holds the lock; nothing done")
@@ -160,11 +162,16 @@ def journal_source(settings: Settings) -> JournalSource | None:
 
 
 def scan_with_state(
-    settings: Settings, from_start: bool, emit: Callable[[Found], None]
+    settings: Settings,
+    from_start: bool,
+    emit: Callable[[Found], None],
+    reset: bool = False,
 ) -> None:
     """Report logins since the saved offsets, then save the new offsets."""
     try:
         with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
+            if reset:
+                state.reset(settings.state_dir)
             saved = state.load(settings.state_dir)
             found, current = scan_configured(
                 interpreter(settings),

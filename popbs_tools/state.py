@@ -4,9 +4,12 @@ The position in each log, the cursor in each journal, and the IMAP sessions
 still open (see scan.OpenSessions).
 """
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ log = logging.getLogger(__name__)
 FORMAT = "popbs-state"
 VERSION = 1
 STATE_FILE = "state.json"
+PREVIOUS_FILE = "state.json.prev"
 LOCK_FILE = "lock"
 
 
@@ -143,18 +147,53 @@ def prepare_dir(state_dir: Path) -> None:
         raise StateError(f"state directory {state_dir} is not a directory")
 
 
+class Corrupt(ValueError):
+    """A state file that cannot be read as one."""
+
+
 def load(state_dir: Path) -> State:
+    """The saved state; the previous good copy if the state file is corrupt.
+
+    A corrupt file is never read as "no state" (which would start every log
+    from the top). Without a good previous copy the run is refused until an
+    admin acts (`popbs sync --reset`, or moving the file away).
+    """
     path = state_dir / STATE_FILE
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        return State()
+    except Corrupt as error:
+        problem = f"{path} is corrupt ({error})"
+
+    previous = state_dir / PREVIOUS_FILE
+    try:
+        state = _read(previous)
+    except (FileNotFoundError, Corrupt):
+        raise StateError(
+            f"{problem} and there is no good previous copy; it is kept for "
+            "inspection: run with --reset to read the logs again as on a "
+            "first run"
+        ) from None
+    # Keep the corrupt file for inspection: the next save replaces its name.
+    kept = state_dir / f"{STATE_FILE}.corrupt"
+    with contextlib.suppress(OSError):
+        os.replace(path, kept)
+    log.warning("%s; using the previous copy, %s (kept as %s)", problem, previous, kept)
+    return state
+
+
+def _read(path: Path) -> State:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return State()
+        raise
     except OSError as error:
         raise StateError(f"cannot read {path}: {error.strerror}") from None
 
     try:
         document = json.loads(data)
-        if document.get("format") != FORMAT:
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise ValueError("not a popbs state file")
         version = document["version"]
         if not isinstance(version, int) or isinstance(version, bool):
@@ -188,10 +227,29 @@ def load(state_dir: Path) -> State:
     except StateError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise StateError(
-            f"{path} is corrupt ({error}); it is kept for inspection: move it away "
-            "to read the logs again from the start"
-        ) from None
+        raise Corrupt(str(error)) from None
+
+
+def _keep_previous(path: Path, previous: Path) -> None:
+    """Make `previous` the current state file, by a hard link renamed into place.
+
+    Only a file that reads as good state becomes the previous copy.
+    """
+    try:
+        _read(path)
+    except (FileNotFoundError, Corrupt, StateError):
+        return
+    link = previous.with_name(f".{previous.name}.{secrets.token_hex(4)}")
+    os.link(path, link)
+    os.replace(link, previous)
+
+
+def reset(state_dir: Path) -> None:
+    """Forget the state on purpose: the next run is a first run."""
+    for name in (STATE_FILE, PREVIOUS_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state_dir / name)
+    log.info("state in %s reset", state_dir)
 
 
 def save(state_dir: Path, state: State) -> None:
@@ -208,8 +266,10 @@ def save(state_dir: Path, state: State) -> None:
     document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
     fsutil.remove_stale_temps(state_dir, STATE_FILE)
+    path = state_dir / STATE_FILE
     try:
-        fsutil.replace(state_dir / STATE_FILE, data, mode=0o600)
+        _keep_previous(path, state_dir / PREVIOUS_FILE)
+        fsutil.replace(path, data, mode=0o600)
     except OSError as error:
         raise StateError(
             f"cannot save state in {state_dir}: {error.strerror}"

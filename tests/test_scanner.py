@@ -248,3 +248,34 @@ def test_nul_bytes_at_the_head_are_skipped(setup: Setup) -> None:
     done = setup.popbs("scan", *NOW, check=True)
     assert done.stdout.split()[:1] == ["198.51.100.1"]
     assert "500 NUL bytes" in done.stderr
+
+
+def test_corrupt_state_falls_back_to_the_previous_copy(setup: Setup) -> None:
+    setup.append(dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+    assert scanned(setup) == ["198.51.100.2"]  # saves, keeping the last copy
+    setup.append(dovecot_line("198.51.100.3"))
+
+    state = setup.state_dir / "state.json"
+    state.write_bytes(b'{"format": "popbs-state", "version": 1, "logs": {')
+    done = setup.popbs("scan", *NOW, check=True)
+    # The previous copy ends after the first line, never at offset 0.
+    assert [line.split()[0] for line in done.stdout.splitlines()] == [
+        "198.51.100.2",
+        "198.51.100.3",
+    ]
+    assert "corrupt" in done.stderr and "previous copy" in done.stderr
+    corrupt = setup.state_dir / "state.json.corrupt"
+    assert corrupt.read_bytes().startswith(b'{"format"')
+    assert scanned(setup) == []
+
+
+def test_reset_reads_again_as_on_a_first_run(setup: Setup) -> None:
+    setup.append(dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    (setup.state_dir / "state.json").write_bytes(b"\0\0")
+    assert setup.popbs("scan", *NOW).returncode == 5
+    done = setup.popbs("scan", "--reset", *NOW, check=True)
+    assert done.stdout.split()[:1] == ["198.51.100.1"]
+    assert scanned(setup) == []
