@@ -3,6 +3,7 @@
 import contextlib
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -71,3 +72,29 @@ def remove_stale_temps(directory: Path, name: str, now: float | None = None) -> 
             info = entry.stat(follow_symlinks=False)
             if now - info.st_mtime > STALE_AFTER:
                 os.unlink(entry.path)
+
+
+def unsafe(path: Path) -> str | None:
+    """Why popbs must not use `path` (a file or directory of its own), or None.
+
+    A symbolic link that another user owns could point popbs, running as
+    root, at any file; so could any user in a world-writable directory
+    without the sticky bit, by replacing the name.
+    """
+    me = os.geteuid()
+    try:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode) and info.st_uid not in (me, 0):
+            return f"it is a symbolic link owned by uid {info.st_uid}"
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        return error.strerror
+    parent = path.parent
+    try:
+        mode = os.stat(parent).st_mode
+    except OSError:
+        return None  # reported when the directory is used
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        return f"{parent} is writable by everyone and not sticky"
+    return None

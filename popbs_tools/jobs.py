@@ -99,8 +99,16 @@ def _sanitised(current: Grants, settings: Settings) -> Grants:
 
 
 def _lock_path(settings: Settings) -> Path:
+    lock = settings.state_dir / state.LOCK_FILE
+    for path in (settings.state_dir, lock):
+        problem = fsutil.unsafe(path)
+        if problem:
+            raise StateError(f"refusing to use {path}: {problem}")
+    problem = fsutil.unsafe(settings.map_path)
+    if problem:
+        raise MapError(f"refusing to use {settings.map_path}: {problem}")
     state.prepare_dir(settings.state_dir)
-    return settings.state_dir / state.LOCK_FILE
+    return lock
 
 
 def sync(settings: Settings, reset: bool = False) -> Change | None:

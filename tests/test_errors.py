@@ -292,3 +292,37 @@ def test_bare_popbs_prints_help() -> None:
     assert done.returncode == 0
     assert done.stdout.startswith("Usage: popbs")
     assert done.stderr == ""
+
+
+def test_world_writable_state_parent_without_sticky_bit_is_refused(
+    setup: Setup,
+) -> None:
+    shared = setup.root / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    done = setup.popbs("sync", *NOW, "--state-dir", str(shared / "state"))
+    line = assert_one_line_error(done, 5)
+    assert "writable by everyone and not sticky" in line
+    shared.chmod(0o1777)  # with the sticky bit, as /tmp has
+    assert (
+        setup.popbs("sync", *NOW, "--state-dir", str(shared / "state")).returncode == 0
+    )
+
+
+def test_map_path_that_is_another_users_symlink_is_refused(setup: Setup) -> None:
+    import pwd
+
+    before = snapshot(setup)
+    link = setup.map_dir / "popbs-link"
+    link.symlink_to(setup.root / "elsewhere")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.lchown(link, nobody, -1)
+    done = setup.popbs("sync", *NOW, "--map", str(link))
+    assert "symbolic link owned by uid" in assert_one_line_error(done, 4)
+    assert not (setup.root / "elsewhere").exists()
+    after = {
+        p.name: p.read_bytes()
+        for p in sorted(setup.map_dir.iterdir())
+        if not p.is_symlink()
+    }
+    assert after == before
