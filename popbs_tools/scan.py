@@ -168,6 +168,7 @@ def scan_configured(
                 current.finished.pop(key, None)
             else:
                 current.finished[key] = reader.finished
+            _note_missing(key, reader.missing, current, interpreter.now)
         if journal_source is not None:
             yield from _journal_items(journal_source, saved, current, from_start)
         assert interpreter.tracker is not None and interpreter.pairs is not None
@@ -175,6 +176,19 @@ def scan_configured(
         current.pending = interpreter.pairs.saved(interpreter.now)
 
     return interpreter.logins(items()), current
+
+
+# A log is missing for a moment during a rotation: say so only if it stays so.
+MISSING_WARN = 600.0
+
+
+def _note_missing(key: str, missing: bool, current: State, now: float) -> None:
+    if not missing:
+        current.missing.pop(key, None)
+        return
+    since = current.missing.setdefault(key, now)
+    if now - since >= MISSING_WARN:
+        log.warning("log %s has been missing for %d minutes", key, (now - since) // 60)
 
 
 def _journal_items(

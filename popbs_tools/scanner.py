@@ -252,6 +252,7 @@ class LogScan:
     finished_before: Position | None = None
     position: Position | None = None
     finished: Position | None = None
+    missing: bool = False
 
     def __post_init__(self) -> None:
         self.finished = self.finished_before
@@ -316,10 +317,11 @@ class LogScan:
     def _missing(self) -> Iterator[tuple[Source, bytes]]:
         # Mid-rotation the path can be missing for a moment: keep the position,
         # but finish the old generation if it already sits under a new name.
+        self.missing = True
         if self.saved is None or self.saved == START:
             log.info("log %s is missing; nothing to read", self.path)
             return
-        log.warning("log %s is missing", self.path)
+        log.info("log %s is missing", self.path)
         yield from self._finish_previous()
 
     def _finish_previous(self) -> Iterator[tuple[Source, bytes]]:

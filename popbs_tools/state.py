@@ -76,6 +76,8 @@ class State:
     # Where each log's last rotated generation was read to: a writer may
     # still append to it (see scanner.LogScan).
     finished: Positions = field(default_factory=dict)
+    # Since when each missing log has been missing (see scan.MISSING_WARN).
+    missing: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> "State":
         return State(
@@ -85,10 +87,11 @@ class State:
             list(self.learned),
             dict(self.pending),
             dict(self.finished),
+            dict(self.missing),
         )
 
 
-BODY = ("logs", "cursors", "sessions", "learned", "pending", "finished")
+BODY = ("logs", "cursors", "sessions", "learned", "pending", "finished", "missing")
 
 
 def _position(fields: Any) -> Position:
@@ -124,6 +127,14 @@ def _pending(entries: Any) -> dict[str, list[object]]:
         if not good:
             raise ValueError(f"pending address {key!r} is malformed")
     return dict(entries)
+
+
+def _missing(entries: Any) -> dict[str, float]:
+    if not isinstance(entries, dict) or not all(
+        isinstance(v, int | float) for v in entries.values()
+    ):
+        raise ValueError("missing-log times are malformed")
+    return {str(k): float(v) for k, v in entries.items()}
 
 
 def checksum_of(document: dict[str, Any]) -> str:
@@ -223,6 +234,7 @@ def _read(path: Path) -> State:
                 name: _position(f)
                 for name, f in (document.get("finished") or {}).items()
             },
+            missing=_missing(document.get("missing") or {}),
         )
     except StateError:
         raise
@@ -262,6 +274,7 @@ def save(state_dir: Path, state: State) -> None:
         "learned": sorted(state.learned),
         "pending": dict(sorted(state.pending.items())),
         "finished": {name: asdict(p) for name, p in sorted(state.finished.items())},
+        "missing": dict(sorted(state.missing.items())),
     }
     document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"

@@ -128,15 +128,27 @@ def test_truncated_in_place_without_copy_reads_from_start(setup: Setup) -> None:
     assert "truncated or replaced" in done.stderr
 
 
-def test_missing_log_keeps_position(setup: Setup) -> None:
+def test_missing_log_keeps_position_and_warns_only_if_it_stays_missing(
+    setup: Setup,
+) -> None:
+    import json
+
     setup.append(*noise(40), dovecot_line("198.51.100.1"))
     assert scanned(setup) == ["198.51.100.1"]
-    saved = (setup.state_dir / "state.json").read_bytes()
+    state = setup.state_dir / "state.json"
+    saved = json.loads(state.read_text())["logs"]
 
     setup.log.unlink()
-    done = setup.popbs("scan", *NOW, check=True)
-    assert done.stdout == ""
-    assert (setup.state_dir / "state.json").read_bytes() == saved
+    done = setup.popbs("scan", "--now", "2026-12-04T16:00:00", check=True)
+    assert (done.stdout, done.stderr) == ("", "")
+    assert json.loads(state.read_text())["logs"] == saved
+    done = setup.popbs("scan", "--now", "2026-12-04T16:11:00", check=True)
+    assert "has been missing for 11 minutes" in done.stderr
+
+    setup.append(dovecot_line("198.51.100.2"))
+    done = setup.popbs("scan", "--now", "2026-12-04T16:12:00", check=True)
+    assert done.stdout.split()[:1] == ["198.51.100.2"]
+    assert json.loads(state.read_text())["missing"] == {}
 
 
 def test_new_file_with_same_size_is_a_new_generation(tmp_path: Path) -> None:
