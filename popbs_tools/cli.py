@@ -113,6 +113,11 @@ def _setting_options(command: F) -> F:
             "this long; default 12h.",
         ),
         click.option(
+            "--max-grants",
+            metavar="N",
+            help="Keep at most N grants, the newest; 0 for no limit; default 100000.",
+        ),
+        click.option(
             "--now",
             metavar="TIME",
             help="Act as if it were this time (Unix seconds or ISO 8601).",

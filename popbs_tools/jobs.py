@@ -57,7 +57,7 @@ def update(
     old = grants.parse(old_data, str(settings.map_path)) if old_data else {}
 
     current = _sanitised(old, settings)
-    new = grants.prune(edit(current), settings.ttl, settings.now)
+    new = _capped(grants.prune(edit(current), settings.ttl, settings.now), settings)
     new_data = grants.render(new)
     change = Change(
         added=tuple(sorted(set(new) - set(old))),
@@ -80,6 +80,21 @@ def update(
     except OSError as error:
         raise MapError(f"cannot write {settings.map_path}: {error.strerror}") from None
     return Change(change.added, change.removed, written=True)
+
+
+def _capped(table: Grants, settings: Settings) -> Grants:
+    """At most --max-grants grants: the newest are kept."""
+    limit = settings.max_grants
+    if not limit or len(table) <= limit:
+        return table
+    newest = sorted(table, key=lambda key: table[key], reverse=True)[:limit]
+    log.warning(
+        "%d grants exceed --max-grants %d: the %d oldest were dropped",
+        len(table),
+        limit,
+        len(table) - limit,
+    )
+    return {key: table[key] for key in newest}
 
 
 def _sanitised(current: Grants, settings: Settings) -> Grants:

@@ -31,9 +31,13 @@ KEYS = (
     "journal_file",
     "disable",
     "max_session",
+    "max_grants",
 )
 LISTS = ("log", "never_grant", "journal_file", "disable")
 DEFAULT_MAX_SESSION = "12h"
+# A flood of logins (an attack, a botnet of compromised accounts) must not
+# grow the map without bound; see popbs(8), "--max-grants".
+DEFAULT_MAX_GRANTS = 100_000
 # A config section "[rule NAME]" adds a recognition rule with these keys.
 RULE_PREFIX = "rule "
 RULE_KEYS = ("tag", "regex", "protocol", "server", "marker")
@@ -72,6 +76,7 @@ class Settings:
     journal_files: tuple[Path, ...] = ()
     disabled: frozenset[str] = frozenset()
     max_session: int = 12 * 3600
+    max_grants: int = DEFAULT_MAX_GRANTS
     rules: tuple[RuleSpec, ...] = ()
 
     @property
@@ -220,6 +225,16 @@ def resolve(
     except ValueError as error:
         raise SettingsError(f"{bad('max_session')}: {error}") from None
 
+    raw_max = pick("max_grants")
+    try:
+        max_grants = int(raw_max) if raw_max is not None else DEFAULT_MAX_GRANTS
+        if max_grants < 0:
+            raise ValueError
+    except ValueError:
+        raise SettingsError(
+            f"{bad('max_grants')}: {raw_max!r}; use a whole number, 0 for no limit"
+        ) from None
+
     journal = pick("journal")
     if isinstance(journal, str):
         if journal.lower() not in _TRUE | _FALSE:
@@ -246,6 +261,7 @@ def resolve(
         journal_files=journal_files,
         disabled=frozenset(pick("disable") or ()),
         max_session=max_session,
+        max_grants=max_grants,
         rules=tuple(rules),
     )
 

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # Open sessions kept at most; the oldest are dropped first beyond this.
 MAX_OPEN = 50_000
+# Sessions not followed (yet) are kept only to learn from their end lines:
+# a few suffice, and a flood of logins must not fill the state with them.
+MAX_UNFOLLOWED = 1_000
 
 
 def session_key(record: Record, login: Login, pid: str) -> tuple[str, str] | None:
@@ -59,6 +62,11 @@ class Tracker:
     sessions: dict[str, Session]
     learned: set[str]
 
+    def __post_init__(self) -> None:
+        self._unfollowed = {
+            key: None for key in self.sessions if _source_of(key) not in self.learned
+        }
+
     def opened(self, record: Record, login: Login, pid: str, when: float) -> None:
         if login.protocol != "imap":
             return  # POP3 sessions last seconds
@@ -78,6 +86,13 @@ class Tracker:
         if len(self.sessions) > MAX_OPEN:
             # Dicts keep insertion order: the first key is the oldest login.
             del self.sessions[next(iter(self.sessions))]
+        if _source_of(key) not in self.learned:
+            self._unfollowed[key] = None
+            while len(self._unfollowed) > MAX_UNFOLLOWED:
+                oldest = next(iter(self._unfollowed))
+                del self._unfollowed[oldest]
+                if _source_of(oldest) not in self.learned:
+                    self.sessions.pop(oldest, None)
 
     def ended(self, record: Record, login: Login, pid: str) -> Session | None:
         """Close the session an end line belongs to; return it if it was open.

@@ -134,7 +134,7 @@ def test_open_sessions_are_bounded() -> None:
     from popbs_tools.logline import Record
     from popbs_tools.recognise import Login
 
-    tracker = tracking.Tracker({}, {"dovecot:session"})
+    tracker = tracking.Tracker({}, {"mail|dovecot|session"})
     record = Record(None, "mail", "dovecot", "", "")
     for n in range(tracking.MAX_OPEN + 10):
         login = Login(
@@ -148,6 +148,13 @@ def test_open_sessions_are_bounded() -> None:
         tracker.opened(record, login, "", float(n))
     assert len(tracker.sessions) == tracking.MAX_OPEN
     assert min(s.since for s in tracker.sessions.values()) == 10.0
+
+    # Sessions of a source not followed are kept only to learn from: a few.
+    unfollowed = tracking.Tracker({}, set())
+    for n in range(5000):
+        login = Login("198.51.100.1", "u", "dovecot", "imap", "dovecot", f"s{n}")
+        unfollowed.opened(record, login, "", float(n))
+    assert len(unfollowed.sessions) == tracking.MAX_UNFOLLOWED
 
 
 def test_an_open_session_never_brings_back_a_never_grant_address(setup: Setup) -> None:
