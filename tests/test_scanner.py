@@ -291,3 +291,37 @@ def test_reset_reads_again_as_on_a_first_run(setup: Setup) -> None:
     done = setup.popbs("scan", "--reset", *NOW, check=True)
     assert done.stdout.split()[:1] == ["198.51.100.1"]
     assert scanned(setup) == []
+
+
+def test_identical_copy_with_a_new_inode_continues_from_the_offset(
+    setup: Setup,
+) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    copy = setup.root / "copy"
+    copy.write_bytes(setup.log.read_bytes())
+    inode = setup.log.stat().st_ino
+    copy.replace(setup.log)
+    assert setup.log.stat().st_ino != inode
+    setup.append(dovecot_line("198.51.100.2"))
+    assert scanned(setup) == ["198.51.100.2"]
+
+
+def test_short_new_file_is_read_without_waiting_for_more(setup: Setup) -> None:
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.log.rename(setup.log.with_name("mail.log.1"))
+    setup.append(dovecot_line("198.51.100.2"))  # far shorter than 1 KiB
+    assert scanned(setup) == ["198.51.100.2"]
+    setup.append(dovecot_line("198.51.100.3"))
+    assert scanned(setup) == ["198.51.100.3"]
+
+
+def test_a_ten_megabyte_line_and_binary_junk_are_passed_over(setup: Setup) -> None:
+    with open(setup.log, "wb") as handle:
+        handle.write(b"\xff\xfe junk \x00\x01 Login: " * 1000 + b"\n")
+        handle.write(b"Dec  4 15:00:00 mail x: " + b"Z" * 10_000_000 + b"\n")
+        handle.write(dovecot_line("198.51.100.1").encode() + b"\n")
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+    assert scanned(setup) == ["198.51.100.2"]
