@@ -11,10 +11,13 @@ import bz2
 import errno
 import gzip
 import hashlib
+import io
 import logging
 import lzma
 import os
+import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,9 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def open_any(path: Path) -> tuple[BinaryIO, bool]:
     """Open a log, through its decompressor if its magic bytes say so.
 
@@ -65,8 +71,74 @@ def open_any(path: Path) -> tuple[BinaryIO, bool]:
         if magic.startswith(prefix):
             handle.close()
             return cast(BinaryIO, opener(path, "rb")), True
+    if magic.startswith(_ZSTD_MAGIC):
+        handle.close()
+        return cast(BinaryIO, ZstdReader(path)), True
     handle.seek(0)
     return handle, False
+
+
+class ZstdReader(io.RawIOBase):
+    """A zstd-compressed file through the zstd command (the stdlib has no zstd
+    before Python 3.14), seekable the way gzip's reader is: forward by
+    reading, backward by starting again."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        zstd = shutil.which("zstd", path=os.environ.get("PATH", "") + ":/usr/bin")
+        if zstd is None:
+            raise OSError(
+                errno.ENOENT, f"{path} is zstd-compressed and zstd is missing"
+            )
+        self._command = [zstd, "-dcq", "--", str(path)]
+        self._process: subprocess.Popen[bytes] | None = None
+        self._position = 0
+
+    def _start(self) -> None:
+        self._stop()
+        self._process = subprocess.Popen(
+            self._command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        self._position = 0
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            assert self._process.stdout is not None
+            self._process.stdout.close()
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if self._process is None:
+            self._start()
+        assert self._process is not None and self._process.stdout is not None
+        data = self._process.stdout.read(size)
+        self._position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET:
+            raise OSError(errno.EINVAL, "zstd streams seek from the start only")
+        if self._process is None or offset < self._position:
+            self._start()
+        while self._position < offset:
+            if not self.read(min(CHUNK, offset - self._position)):
+                break
+        return self._position
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
 
 
 def open_log(path: Path) -> BinaryIO:

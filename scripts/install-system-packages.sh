@@ -7,7 +7,7 @@
 set -eu
 
 packages="postfix postfix-lmdb postfix-cdb dovecot-core dovecot-pop3d dovecot-imapd
-    systemd-journal-remote"
+    systemd-journal-remote zstd"
 missing=""
 for package in $packages; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \

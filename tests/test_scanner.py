@@ -6,6 +6,8 @@ reported exactly once across runs.
 
 import gzip
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -325,3 +327,22 @@ def test_a_ten_megabyte_line_and_binary_junk_are_passed_over(setup: Setup) -> No
     assert scanned(setup) == ["198.51.100.1"]
     setup.append(dovecot_line("198.51.100.2"))
     assert scanned(setup) == ["198.51.100.2"]
+
+
+def test_rename_and_zstd_compress_is_found_by_content(setup: Setup) -> None:
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd missing")
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+
+    setup.log.rename(setup.log.with_name("mail.log.1"))
+    subprocess.run(["zstd", "-q", "--rm", str(setup.root / "mail.log.1")], check=True)
+    assert (setup.root / "mail.log.1.zst").exists()
+    setup.append(dovecot_line("198.51.100.3"))
+    assert scanned(setup) == ["198.51.100.2", "198.51.100.3"]
+    done = setup.popbs("scan", str(setup.root / "mail.log.1.zst"), *NOW, check=True)
+    assert [line.split()[0] for line in done.stdout.splitlines()] == [
+        "198.51.100.1",
+        "198.51.100.2",
+    ]
