@@ -10,6 +10,7 @@ from pathlib import Path
 
 from popbs_tools import journal, logline, scanner
 from popbs_tools.addresses import Policy
+from popbs_tools.compressed import open_any
 from popbs_tools.correlate import Sessions
 from popbs_tools.errors import InputError
 from popbs_tools.logline import Record
@@ -218,7 +219,7 @@ def scan_files(interpreter: Interpreter, names: Iterable[str]) -> Iterator[Found
                         yield source, item
                 continue
             try:
-                handle, _ = scanner.open_any(Path(name))
+                handle, _ = open_any(Path(name))
                 mtime = Path(name).stat().st_mtime
             except OSError as error:
                 raise InputError(f"cannot read {name}: {error.strerror}") from None

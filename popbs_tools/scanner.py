@@ -7,22 +7,18 @@ state.Position), so rename, copytruncate and inode reuse are told apart
 without trusting inode numbers.
 """
 
-import bz2
 import errno
-import gzip
 import hashlib
-import io
 import logging
 import lzma
 import os
-import shutil
 import stat
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
+from popbs_tools.compressed import open_any
 from popbs_tools.errors import InputError
 from popbs_tools.state import START, Position
 
@@ -33,12 +29,6 @@ TAIL = 256
 CHUNK = 1 << 20
 # A line longer than this cannot be a login: it is skipped, in bounded memory.
 MAX_LINE = 64 * 1024
-
-_MAGIC = (
-    (b"\x1f\x8b", gzip.open),
-    (b"BZh", bz2.open),
-    (b"\xfd7zXZ\x00", lzma.open),
-)
 
 
 @dataclass(frozen=True)
@@ -54,91 +44,6 @@ class Source:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-def open_any(path: Path) -> tuple[BinaryIO, bool]:
-    """Open a log, through its decompressor if its magic bytes say so.
-
-    Returns the stream and whether it was compressed (a compressed generation
-    is final: it will not grow).
-    """
-    handle = open(path, "rb")  # noqa: SIM115 - returned to the caller
-    magic = handle.read(6)
-    for prefix, opener in _MAGIC:
-        if magic.startswith(prefix):
-            handle.close()
-            return cast(BinaryIO, opener(path, "rb")), True
-    if magic.startswith(_ZSTD_MAGIC):
-        handle.close()
-        return cast(BinaryIO, ZstdReader(path)), True
-    handle.seek(0)
-    return handle, False
-
-
-class ZstdReader(io.RawIOBase):
-    """A zstd-compressed file through the zstd command (the stdlib has no zstd
-    before Python 3.14), seekable the way gzip's reader is: forward by
-    reading, backward by starting again."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        zstd = shutil.which("zstd", path=os.environ.get("PATH", "") + ":/usr/bin")
-        if zstd is None:
-            raise OSError(
-                errno.ENOENT, f"{path} is zstd-compressed and zstd is missing"
-            )
-        self._command = [zstd, "-dcq", "--", str(path)]
-        self._process: subprocess.Popen[bytes] | None = None
-        self._position = 0
-
-    def _start(self) -> None:
-        self._stop()
-        self._process = subprocess.Popen(
-            self._command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-        self._position = 0
-
-    def _stop(self) -> None:
-        if self._process is not None:
-            assert self._process.stdout is not None
-            self._process.stdout.close()
-            self._process.kill()
-            self._process.wait()
-            self._process = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def read(self, size: int = -1) -> bytes:
-        if self._process is None:
-            self._start()
-        assert self._process is not None and self._process.stdout is not None
-        data = self._process.stdout.read(size)
-        self._position += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence != io.SEEK_SET:
-            raise OSError(errno.EINVAL, "zstd streams seek from the start only")
-        if self._process is None or offset < self._position:
-            self._start()
-        while self._position < offset:
-            if not self.read(min(CHUNK, offset - self._position)):
-                break
-        return self._position
-
-    def close(self) -> None:
-        self._stop()
-        super().close()
 
 
 def open_log(path: Path) -> BinaryIO:
