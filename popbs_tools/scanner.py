@@ -75,12 +75,16 @@ def candidate_lines(data: bytes, markers: tuple[bytes, ...]) -> list[bytes]:
 
 
 def read_from(
-    handle: BinaryIO, start: int, markers: tuple[bytes, ...], final: bool
+    handle: BinaryIO,
+    start: int,
+    markers: tuple[bytes, ...],
+    final: bool,
+    stop: int | None = None,
 ) -> Iterator[bytes | int]:
     """Yield candidate lines from `start`; the last item is the end offset.
 
     The end offset is just after the last complete line. A final generation's
-    last line counts even without a newline.
+    last line counts even without a newline. With `stop`, reading ends there.
     """
     if handle.seekable():
         handle.seek(start)
@@ -94,10 +98,13 @@ def read_from(
     pending = b""
     skipped_to: int | None = None  # while inside an overlong line: where
     first = start == 0
+    position = start
     while True:
-        chunk = handle.read(CHUNK)
+        size = CHUNK if stop is None else min(CHUNK, stop - position)
+        chunk = handle.read(size) if size > 0 else b""
         if not chunk:
             break
+        position += len(chunk)
         if first and chunk[:1] == b"\0":
             # A writer that does not append (O_APPEND) keeps writing at its old
             # offset after a copytruncate: the hole reads as NUL bytes, which
@@ -132,6 +139,92 @@ def read_from(
             yield from candidate_lines(pending, markers)
             consumed += len(pending)
     yield consumed
+
+
+def read_big(
+    handle: BinaryIO, start: int, size: int, markers: tuple[bytes, ...]
+) -> Iterator[bytes | int]:
+    """read_from(handle, start, markers, final=False), two processes at once.
+
+    A first run on a big log, or a catch-up after downtime, spends most of its
+    time searching for markers. A child process searches the second half of
+    the file into an in-memory file (memfd: no name, no RSS of ours) while
+    this one searches the first half and interprets it; the child's lines
+    then follow, in file order, so the result is the same as one pass.
+    """
+    middle = _line_start_near(handle, start + (size - start) // 2, size)
+    if size - start < PARALLEL_MIN or middle is None:
+        yield from read_from(handle, start, markers, final=False)
+        return
+
+    spool = os.memfd_create("popbs-candidates", os.MFD_CLOEXEC)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            _spool_candidates(handle, middle, markers, spool)
+            code = 0
+        finally:
+            os._exit(code)
+
+    try:
+        end = middle
+        for item in read_from(handle, start, markers, final=False, stop=middle):
+            if isinstance(item, int):
+                end = item
+            else:
+                yield item
+        _, status = os.waitpid(child, 0)
+        child = 0
+        if end != middle or status != 0:
+            # Not expected; the serial reader is always right.
+            yield from read_from(handle, end, markers, final=False)
+            return
+        yield from _unspool(spool)
+    finally:
+        if child:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+        os.close(spool)
+
+
+# Below this much to read, one process is as quick.
+PARALLEL_MIN = 64 << 20
+
+
+def _line_start_near(handle: BinaryIO, offset: int, size: int) -> int | None:
+    handle.seek(offset)
+    data = handle.read(MAX_LINE)
+    newline = data.find(b"\n")
+    if newline == -1 or offset + newline + 1 >= size:
+        return None
+    return offset + newline + 1
+
+
+def _spool_candidates(
+    handle: BinaryIO, start: int, markers: tuple[bytes, ...], spool: int
+) -> None:
+    # Our own open file description: the parent's shares its offset.
+    with (
+        open(f"/proc/self/fd/{handle.fileno()}", "rb") as own,
+        open(spool, "wb", closefd=False) as out,
+    ):
+        for item in read_from(own, start, markers, final=False):
+            if isinstance(item, int):
+                out.write(b"E" + item.to_bytes(8, "big"))
+            else:
+                out.write(b"L" + len(item).to_bytes(4, "big") + item)
+
+
+def _unspool(spool: int) -> Iterator[bytes | int]:
+    os.lseek(spool, 0, os.SEEK_SET)
+    with open(spool, "rb", closefd=False) as records:
+        while kind := records.read(1):
+            if kind == b"E":
+                yield int.from_bytes(records.read(8), "big")
+                return
+            yield records.read(int.from_bytes(records.read(4), "big"))
+    raise OSError("the child scanning the second half stopped short")
 
 
 def _skip(handle: BinaryIO, count: int) -> None:
@@ -258,7 +351,7 @@ class LogScan:
                     yield from self._finish_previous()
             source = Source(str(self.path), stat.st_mtime)
             end = start
-            for item in read_from(handle, start, self.markers, final=False):
+            for item in read_big(handle, start, stat.st_size, self.markers):
                 if isinstance(item, int):
                     end = item
                 else:

@@ -346,3 +346,34 @@ def test_rename_and_zstd_compress_is_found_by_content(setup: Setup) -> None:
         "198.51.100.1",
         "198.51.100.2",
     ]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_process_read_gives_the_same_lines_and_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    log = tmp_path / "mail.log"
+    with open(log, "w") as handle:
+        for n in range(rng.randrange(2000, 6000)):
+            if rng.random() < 0.1:
+                handle.write(dovecot_line(f"198.51.100.{n % 250 + 1}", user=f"u{n}"))
+            else:
+                handle.write(
+                    "Dec  4 14:40:12 mail postfix/smtpd[1]: " + "x" * rng.randrange(300)
+                )
+            handle.write("\n")
+        handle.write("Dec  4 14:41:00 mail dovecot: imap-login: Login: half")
+
+    def read(minimum: int) -> tuple[list[bytes], int | None]:
+        monkeypatch.setattr(scanner, "PARALLEL_MIN", minimum)
+        reader = scanner.LogScan(log, None, (b"Login: ",))
+        lines = [line for _, line in reader.lines()]
+        return lines, reader.position.offset if reader.position else None
+
+    serial = read(1 << 40)
+    parallel = read(0)
+    assert parallel == serial
+    assert len(serial[0]) > 100
