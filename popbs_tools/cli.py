@@ -118,6 +118,12 @@ def _setting_options(command: F) -> F:
             help="Keep at most N grants, the newest; 0 for no limit; default 100000.",
         ),
         click.option(
+            "--max-read",
+            metavar="SIZE",
+            help="Read at most about SIZE (64M, 1G) of the logs in one run; "
+            "the rest the next run. Default: no limit.",
+        ),
+        click.option(
             "--now",
             metavar="TIME",
             help="Act as if it were this time (Unix seconds or ISO 8601).",

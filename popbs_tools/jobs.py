@@ -11,6 +11,7 @@ from popbs_tools.addresses import normalise
 from popbs_tools.errors import InputError, MapError, StateError
 from popbs_tools.grants import Grants
 from popbs_tools.scan import Found, Interpreter, JournalSource, scan_configured
+from popbs_tools.scanner import CHECKPOINT, Checkpoint
 from popbs_tools.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,27 @@ def sync(settings: Settings, reset: bool = False) -> Change | None:
 def _sync_locked(settings: Settings) -> Change:
     saved = state.load(settings.state_dir)
     reader = interpreter(settings)
+    every = min(CHECKPOINT, settings.max_read) if settings.max_read else CHECKPOINT
     found, current = scan_configured(
-        reader, settings.logs, journal_source(settings), saved, False
+        reader, settings.logs, journal_source(settings), saved, False, every
     )
 
     latest: Grants = {}
-    for login in found:
-        if login.time > latest.get(login.ip, -1):
-            latest[login.ip] = login.time
+    read_so_far = 0
+    for item in found:
+        if isinstance(item, Found):
+            if item.time > latest.get(item.ip, -1):
+                latest[item.ip] = item.time
+            continue
+        # A checkpoint in a long read: publish what was found so far and save
+        # the position, so that a run killed later still moved forward.
+        read_so_far += every
+        _commit_checkpoint(settings, reader, current, item, latest)
+        latest = {}
+        if settings.max_read and read_so_far >= settings.max_read:
+            log.info("read %d bytes (--max-read); the rest next run", read_so_far)
+            found.close()  # type: ignore[attr-defined]
+            return Change(published=True)
 
     assert reader.tracker is not None
     reader.tracker.expire(
@@ -175,6 +189,27 @@ def _sync_locked(settings: Settings) -> Change:
     if current != saved:
         state.save(settings.state_dir, current)
     return change
+
+
+def _commit_checkpoint(
+    settings: Settings,
+    reader: Interpreter,
+    current: state.State,
+    checkpoint: Checkpoint,
+    latest: Grants,
+) -> None:
+    """Publish the logins found so far, then save the state as of `checkpoint`."""
+    update(
+        settings,
+        lambda grants_now: grants.merge(grants_now, latest.items(), settings.now),
+        publish_map=True,
+    )
+    snapshot = current.copy()
+    snapshot.logs[checkpoint.log] = checkpoint.position
+    assert reader.tracker is not None and reader.pairs is not None
+    snapshot.learned = sorted(reader.tracker.learned)
+    snapshot.pending = reader.pairs.saved(settings.now)
+    state.save(settings.state_dir, snapshot)
 
 
 def journal_source(settings: Settings) -> JournalSource | None:
@@ -204,7 +239,8 @@ def scan_with_state(
                 from_start,
             )
             for login in found:
-                emit(login)
+                if isinstance(login, Found):
+                    emit(login)
             if current != saved:
                 state.save(settings.state_dir, current)
     except locking.Busy:
@@ -223,7 +259,7 @@ def scan_without_state(settings: Settings, from_start: bool) -> Iterator[Found]:
         saved,
         from_start,
     )
-    return found
+    return (item for item in found if isinstance(item, Found))
 
 
 def _load_quietly(state_dir: Path) -> state.State:

@@ -15,7 +15,7 @@ from popbs_tools.correlate import Sessions
 from popbs_tools.errors import InputError
 from popbs_tools.logline import Record
 from popbs_tools.recognise import Recogniser, Role, Step
-from popbs_tools.scanner import Source
+from popbs_tools.scanner import Checkpoint, Source
 from popbs_tools.state import State
 from popbs_tools.timestamps import YearGuesser
 from popbs_tools.tracking import Tracker
@@ -48,7 +48,7 @@ class Found:
         return f"{self.ip} {self.time} {user or '-'} {self.server}"
 
 
-Item = tuple[Source, bytes | Record]
+Item = tuple[Source, bytes | Record | Checkpoint]
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Interpreter:
     # Addresses waiting for their login line (correlate.py), also kept.
     pairs: Sessions | None = None
 
-    def logins(self, items: Iterable[Item]) -> Iterator[Found]:
+    def logins(self, items: Iterable[Item]) -> Iterator[Found | Checkpoint]:
+        """The logins in `items`, and the checkpoints among them, in order."""
         guessers: dict[str, YearGuesser] = {}
         pairs = self.pairs if self.pairs is not None else Sessions()
         for source, item in items:
@@ -70,6 +71,9 @@ class Interpreter:
             if guesser is None:
                 reference = min(source.mtime or self.now, self.now)
                 guesser = guessers[source.name] = YearGuesser(reference)
+            if isinstance(item, Checkpoint):
+                yield item
+                continue
             if isinstance(item, bytes):
                 record = logline.parse(item.decode("utf-8", "replace"))
                 if record is None:
@@ -144,7 +148,8 @@ def scan_configured(
     journal_source: JournalSource | None,
     saved: State,
     from_start: bool,
-) -> tuple[Iterator[Found], State]:
+    checkpoint_every: int = 0,
+) -> tuple[Iterator[Found | Checkpoint], State]:
     """Logins in the configured logs and journal since their saved positions.
 
     Returns the logins (lazily) and the new state, which is filled in as the
@@ -160,7 +165,9 @@ def scan_configured(
             key = str(path)
             previous = None if from_start else saved.logs.get(key)
             finished = None if from_start else saved.finished.get(key)
-            reader = scanner.LogScan(path, previous, markers, finished)
+            reader = scanner.LogScan(
+                path, previous, markers, finished, checkpoint_every
+            )
             with _reading(key):
                 yield from reader.lines()
             if reader.position is not None:
@@ -229,7 +236,7 @@ def scan_files(interpreter: Interpreter, names: Iterable[str]) -> Iterator[Found
                     if not isinstance(item, int):
                         yield source, item
 
-    return interpreter.logins(lines())
+    return (item for item in interpreter.logins(lines()) if isinstance(item, Found))
 
 
 @contextmanager

@@ -81,10 +81,11 @@ def read_from(
     final: bool,
     stop: int | None = None,
 ) -> Iterator[bytes | int]:
-    """Yield candidate lines from `start`; the last item is the end offset.
+    """Yield candidate lines from `start`, and offsets; the last is the end.
 
-    The end offset is just after the last complete line. A final generation's
-    last line counts even without a newline. With `stop`, reading ends there.
+    Each offset is just after the last complete line handed on so far, so
+    each is a place reading may resume from. A final generation's last line
+    counts even without a newline. With `stop`, reading ends there.
     """
     if handle.seekable():
         handle.seek(start)
@@ -131,6 +132,8 @@ def read_from(
                 "skipping a line over %d bytes at offset %d", MAX_LINE, consumed
             )
             skipped_to, pending = consumed + len(pending), b""
+        # Where the lines handed on so far end: a checkpoint may be saved there.
+        yield consumed
     if final:
         # A finished generation will not grow: its last line counts as it is.
         if skipped_to is not None:
@@ -172,8 +175,7 @@ def read_big(
         for item in read_from(handle, start, markers, final=False, stop=middle):
             if isinstance(item, int):
                 end = item
-            else:
-                yield item
+            yield item
         _, status = os.waitpid(child, 0)
         child = 0
         if end != middle or status != 0:
@@ -209,21 +211,26 @@ def _spool_candidates(
         open(f"/proc/self/fd/{handle.fileno()}", "rb") as own,
         open(spool, "wb", closefd=False) as out,
     ):
+        end = start
         for item in read_from(own, start, markers, final=False):
             if isinstance(item, int):
-                out.write(b"E" + item.to_bytes(8, "big"))
+                end = item
+                out.write(b"C" + item.to_bytes(8, "big"))
             else:
                 out.write(b"L" + len(item).to_bytes(4, "big") + item)
+        out.write(b"E" + end.to_bytes(8, "big"))
 
 
 def _unspool(spool: int) -> Iterator[bytes | int]:
     os.lseek(spool, 0, os.SEEK_SET)
     with open(spool, "rb", closefd=False) as records:
         while kind := records.read(1):
-            if kind == b"E":
+            if kind in (b"C", b"E"):
                 yield int.from_bytes(records.read(8), "big")
-                return
-            yield records.read(int.from_bytes(records.read(4), "big"))
+                if kind == b"E":
+                    return
+            else:
+                yield records.read(int.from_bytes(records.read(4), "big"))
     raise OSError("the child scanning the second half stopped short")
 
 
@@ -253,6 +260,34 @@ def position_of(handle: BinaryIO, offset: int, stat: os.stat_result) -> Position
         stat.st_dev,
         stat.st_ino,
     )
+
+
+def position_in_file(fd: int, offset: int, stat: os.stat_result) -> Position:
+    """position_of() for a plain file, by pread: the file offset stays put."""
+    head = os.pread(fd, HEAD, 0)
+    tail_len = min(TAIL, offset)
+    tail = os.pread(fd, tail_len, offset - tail_len)
+    return Position(
+        offset,
+        _digest(head),
+        len(head),
+        _digest(tail),
+        tail_len,
+        stat.st_dev,
+        stat.st_ino,
+    )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A place in a configured log up to which every line has been handed on."""
+
+    log: str
+    position: Position
+
+
+# Progress is offered for saving after each this much of a log is read.
+CHECKPOINT = 256 << 20
 
 
 def holds(handle: BinaryIO, saved: Position) -> bool:
@@ -320,6 +355,8 @@ class LogScan:
     saved: Position | None
     markers: tuple[bytes, ...]
     finished_before: Position | None = None
+    # Offer a Checkpoint after each this many bytes of the current file.
+    checkpoint_every: int = 0
     position: Position | None = None
     finished: Position | None = None
     missing: bool = False
@@ -327,7 +364,7 @@ class LogScan:
     def __post_init__(self) -> None:
         self.finished = self.finished_before
 
-    def lines(self) -> Iterator[tuple[Source, bytes]]:
+    def lines(self) -> Iterator[tuple[Source, bytes | Checkpoint]]:
         yield from self._late_lines()
         try:
             handle = open_log(self.path)
@@ -350,12 +387,16 @@ class LogScan:
                 else:
                     yield from self._finish_previous()
             source = Source(str(self.path), stat.st_mtime)
-            end = start
+            end = last = start
             for item in read_big(handle, start, stat.st_size, self.markers):
-                if isinstance(item, int):
-                    end = item
-                else:
+                if not isinstance(item, int):
                     yield source, item
+                    continue
+                end = item
+                if self.checkpoint_every and end - last >= self.checkpoint_every:
+                    last = end
+                    here = position_in_file(handle.fileno(), end, stat)
+                    yield source, Checkpoint(str(self.path), here)
             if self.saved is None or end != start or start != self.saved.offset:
                 self.position = position_of(handle, end, stat)
 

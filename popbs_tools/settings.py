@@ -32,6 +32,7 @@ KEYS = (
     "disable",
     "max_session",
     "max_grants",
+    "max_read",
 )
 LISTS = ("log", "never_grant", "journal_file", "disable")
 DEFAULT_MAX_SESSION = "12h"
@@ -57,6 +58,17 @@ class RuleSpec:
     markers: tuple[str, ...]
 
 
+def parse_size(text: str) -> int:
+    """Bytes: plain, or with K, M, G (powers of 1024); raises ValueError."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower()
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError(text)
+    return int(number) * factor
+
+
 def default_logs() -> tuple[Path, ...]:
     debian = Path("/var/log/mail.log")
     return (debian,) if debian.exists() else (Path("/var/log/maillog"),)
@@ -77,6 +89,7 @@ class Settings:
     disabled: frozenset[str] = frozenset()
     max_session: int = 12 * 3600
     max_grants: int = DEFAULT_MAX_GRANTS
+    max_read: int = 0
     rules: tuple[RuleSpec, ...] = ()
 
     @property
@@ -235,6 +248,14 @@ def resolve(
             f"{bad('max_grants')}: {raw_max!r}; use a whole number, 0 for no limit"
         ) from None
 
+    raw_read = pick("max_read")
+    try:
+        max_read = parse_size(raw_read) if raw_read is not None else 0
+    except ValueError:
+        raise SettingsError(
+            f"{bad('max_read')}: {raw_read!r}; use bytes, or 64M, 1G; 0 for no limit"
+        ) from None
+
     journal = pick("journal")
     if isinstance(journal, str):
         if journal.lower() not in _TRUE | _FALSE:
@@ -262,6 +283,7 @@ def resolve(
         disabled=frozenset(pick("disable") or ()),
         max_session=max_session,
         max_grants=max_grants,
+        max_read=max_read,
         rules=tuple(rules),
     )
 
