@@ -94,6 +94,10 @@ class ZstdReader(io.RawIOBase):
         assert self._process is not None and self._process.stdout is not None
         data = self._process.stdout.read(size)
         self._position += len(data)
+        if not data and size != 0 and self._process.wait() != 0:
+            # A truncated or damaged file (or one still being written by
+            # `zstd --rm`) must not read as a complete generation.
+            raise EOFError("zstd could not decompress it to its end")
         return data
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:

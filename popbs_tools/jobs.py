@@ -206,6 +206,10 @@ def _commit_checkpoint(
     )
     snapshot = current.copy()
     snapshot.logs[checkpoint.log] = checkpoint.position
+    if checkpoint.finished is None:
+        snapshot.finished.pop(checkpoint.log, None)
+    else:
+        snapshot.finished[checkpoint.log] = checkpoint.finished
     assert reader.tracker is not None and reader.pairs is not None
     snapshot.learned = sorted(reader.tracker.learned)
     snapshot.pending = reader.pairs.saved(settings.now)
@@ -263,9 +267,8 @@ def scan_without_state(settings: Settings, from_start: bool) -> Iterator[Found]:
 
 
 def _load_quietly(state_dir: Path) -> state.State:
-    if not (state_dir / state.STATE_FILE).exists():
-        return state.State()
-    return state.load(state_dir)
+    # --no-state: read the state, never repair or move anything.
+    return state.load(state_dir, repair=False)
 
 
 def locked_update(

@@ -7,11 +7,13 @@ state.Position), so rename, copytruncate and inode reuse are told apart
 without trusting inode numbers.
 """
 
+import ctypes
 import errno
 import hashlib
 import logging
 import lzma
 import os
+import signal
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,14 +108,18 @@ def read_from(
         if not chunk:
             break
         position += len(chunk)
-        if first and chunk[:1] == b"\0":
+        if first:
             # A writer that does not append (O_APPEND) keeps writing at its old
-            # offset after a copytruncate: the hole reads as NUL bytes, which
-            # run straight into the first real line (log-faults case 28).
-            log.warning(
-                "log starts with %d NUL bytes; skipped",
-                len(chunk) - len(chunk.lstrip(b"\0")),
-            )
+            # offset after a copytruncate: the hole reads as NUL bytes, as
+            # long as the old log was, which run straight into the first real
+            # line (log-faults case 28). They are no line: skip them all.
+            stripped = chunk.lstrip(b"\0")
+            consumed += len(chunk) - len(stripped)
+            if not stripped:
+                continue
+            if consumed:
+                log.warning("log starts with %d NUL bytes; skipped", consumed)
+            chunk = stripped
         first = False
         if skipped_to is not None:
             newline = chunk.find(b"\n")
@@ -124,7 +130,7 @@ def read_from(
             chunk, skipped_to = chunk[newline + 1 :], None
         data = pending + chunk
         cut = data.rfind(b"\n") + 1
-        yield from candidate_lines(data[:cut], markers)
+        yield from _short(candidate_lines(data[:cut], markers))
         consumed += cut
         pending = data[cut:]
         if len(pending) > MAX_LINE:
@@ -139,9 +145,15 @@ def read_from(
         if skipped_to is not None:
             consumed = skipped_to
         elif pending:
-            yield from candidate_lines(pending, markers)
+            yield from _short(candidate_lines(pending, markers))
             consumed += len(pending)
     yield consumed
+
+
+def _short(lines: list[bytes]) -> list[bytes]:
+    # No login line is that long; one that is must count the same whether or
+    # not it crosses a read boundary (where it is skipped unread).
+    return [line for line in lines if len(line) <= MAX_LINE]
 
 
 def read_big(
@@ -161,10 +173,12 @@ def read_big(
         return
 
     spool = os.memfd_create("popbs-candidates", os.MFD_CLOEXEC)
+    parent = os.getpid()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
+            _die_with(parent)
             _spool_candidates(handle, middle, markers, spool)
             code = 0
         finally:
@@ -182,13 +196,35 @@ def read_big(
             # Not expected; the serial reader is always right.
             yield from read_from(handle, end, markers, final=False)
             return
-        yield from _unspool(spool)
+        for item in _unspool(spool):
+            if isinstance(item, int):
+                end = item
+            yield item
+        # The child stops early when its spool fills (a log made mostly of
+        # candidate lines); the rest, if any, is read here.
+        yield from read_from(handle, end, markers, final=False)
     finally:
         if child:
             os.kill(child, 9)
             os.waitpid(child, 0)
         os.close(spool)
 
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this child when its parent dies.
+
+    A killed sync must not leave a child behind that holds the lock (it
+    shares the parent's lock file) and keeps cron's next runs out.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # died before the line above
+        os._exit(1)
+
+
+# The spool is memory (a memfd): a child stops once it holds this much.
+SPOOL_MAX = 16 << 20
 
 # Below this much to read, one process is as quick.
 PARALLEL_MIN = 64 << 20
@@ -212,12 +248,16 @@ def _spool_candidates(
         open(spool, "wb", closefd=False) as out,
     ):
         end = start
+        spooled = 0
         for item in read_from(own, start, markers, final=False):
             if isinstance(item, int):
                 end = item
                 out.write(b"C" + item.to_bytes(8, "big"))
+                if spooled > SPOOL_MAX:
+                    break  # the parent reads the rest itself
             else:
                 out.write(b"L" + len(item).to_bytes(4, "big") + item)
+                spooled += len(item)
         out.write(b"E" + end.to_bytes(8, "big"))
 
 
@@ -284,6 +324,8 @@ class Checkpoint:
 
     log: str
     position: Position
+    # Where the last rotated generation ended (see LogScan.finished).
+    finished: Position | None = None
 
 
 # Progress is offered for saving after each this much of a log is read.
@@ -304,23 +346,27 @@ def holds(handle: BinaryIO, saved: Position) -> bool:
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 
 
-def _newness(path: Path, log: Path) -> tuple[int, float]:
+def _newness(path: Path, log: Path) -> tuple[int, float, bool]:
     """Sort key of a rotated generation: greater is newer.
 
     logrotate and savelog number generations (X.0, X.1 newest, X.2 older),
     logrotate's dateext dates them (X-YYYYMMDD); anything else goes by mtime.
+    Of X.1 and X.1.zst side by side (a compressor still at work), the plain
+    file comes first: it is complete, the compressed one may not be yet.
     """
     suffix = path.name[len(log.name) :]
+    plain = True
     for ending in _COMPRESSED:
-        suffix = suffix.removesuffix(ending)
+        if suffix.endswith(ending):
+            suffix, plain = suffix.removesuffix(ending), False
     if suffix[:1] == "." and suffix[1:].isdigit():
-        return 0, -int(suffix[1:])
+        return 0, -int(suffix[1:]), plain
     if suffix[:1] == "-" and suffix[1:].isdigit():
-        return 1, int(suffix[1:])
+        return 1, int(suffix[1:]), plain
     try:
-        return 2, path.stat().st_mtime
+        return 2, path.stat().st_mtime, plain
     except OSError:
-        return 2, 0.0
+        return 2, 0.0, plain
 
 
 def rotated_siblings(path: Path) -> list[Path]:
@@ -393,10 +439,12 @@ class LogScan:
                     yield source, item
                     continue
                 end = item
-                if self.checkpoint_every and end - last >= self.checkpoint_every:
+                # A read ends short of a whole chunk at the last line end.
+                due = end - last + MAX_LINE >= self.checkpoint_every
+                if self.checkpoint_every and due:
                     last = end
                     here = position_in_file(handle.fileno(), end, stat)
-                    yield source, Checkpoint(str(self.path), here)
+                    yield source, Checkpoint(str(self.path), here, self.finished)
             if self.saved is None or end != start or start != self.saved.offset:
                 self.position = position_of(handle, end, stat)
 

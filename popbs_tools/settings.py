@@ -240,9 +240,10 @@ def resolve(
 
     raw_max = pick("max_grants")
     try:
-        max_grants = int(raw_max) if raw_max is not None else DEFAULT_MAX_GRANTS
-        if max_grants < 0:
+        text = str(raw_max) if raw_max is not None else str(DEFAULT_MAX_GRANTS)
+        if not (text.isascii() and text.isdigit() and len(text) <= 12):
             raise ValueError
+        max_grants = int(text)
     except ValueError:
         raise SettingsError(
             f"{bad('max_grants')}: {raw_max!r}; use a whole number, 0 for no limit"

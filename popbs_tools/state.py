@@ -162,7 +162,7 @@ class Corrupt(ValueError):
     """A state file that cannot be read as one."""
 
 
-def load(state_dir: Path) -> State:
+def load(state_dir: Path, repair: bool = True) -> State:
     """The saved state; the previous good copy if the state file is corrupt.
 
     A corrupt file is never read as "no state" (which would start every log
@@ -170,14 +170,21 @@ def load(state_dir: Path) -> State:
     admin acts (`popbs sync --reset`, or moving the file away).
     """
     path = state_dir / STATE_FILE
+    previous = state_dir / PREVIOUS_FILE
     try:
         return _read(path)
     except FileNotFoundError:
-        return State()
+        # Moved away after a fallback, or lost: the previous copy still says
+        # where reading stood, which beats starting over.
+        try:
+            state = _read(previous)
+        except (FileNotFoundError, Corrupt):
+            return State()
+        log.warning("%s is missing; using the previous copy, %s", path, previous)
+        return state
     except Corrupt as error:
         problem = f"{path} is corrupt ({error})"
 
-    previous = state_dir / PREVIOUS_FILE
     try:
         state = _read(previous)
     except (FileNotFoundError, Corrupt):
@@ -186,11 +193,14 @@ def load(state_dir: Path) -> State:
             "inspection: run with --reset to read the logs again as on a "
             "first run"
         ) from None
-    # Keep the corrupt file for inspection: the next save replaces its name.
-    kept = state_dir / f"{STATE_FILE}.corrupt"
-    with contextlib.suppress(OSError):
-        os.replace(path, kept)
-    log.warning("%s; using the previous copy, %s (kept as %s)", problem, previous, kept)
+    if repair:
+        # Keep the corrupt file for inspection: the next save takes its name.
+        kept = state_dir / f"{STATE_FILE}.corrupt"
+        with contextlib.suppress(OSError):
+            os.replace(path, kept)
+        log.warning("%s; using the previous copy (kept it as %s)", problem, kept)
+    else:
+        log.warning("%s; using the previous copy", problem)
     return state
 
 
@@ -238,8 +248,8 @@ def _read(path: Path) -> State:
         )
     except StateError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise Corrupt(str(error)) from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise Corrupt(str(error) or type(error).__name__) from None
 
 
 def _keep_previous(path: Path, previous: Path) -> None:

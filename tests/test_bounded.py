@@ -56,3 +56,66 @@ def test_max_read_spreads_a_backlog_over_runs_and_loses_nothing(
     assert offsets == sorted(offsets) and offsets[-1] == size
     granted = [line.split()[0] for line in setup.map.read_text().splitlines()[1:]]
     assert sorted(granted) == sorted(ips)
+
+
+def test_late_lines_after_a_rotation_survive_a_max_read_stop(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    big_log(setup, 50)
+    setup.popbs("sync", *NOW, check=True)
+    setup.log.rename(setup.log.with_name("mail.log.1"))
+    # A new generation (its first line differs), more than one --max-read.
+    setup.append("Dec  4 14:41:00 mail syslogd: restart")
+    ips = big_log(setup, 800)
+    setup.popbs("sync", *NOW, "--max-read", "1M", check=True)
+    state = json.loads((setup.state_dir / "state.json").read_text())
+    assert str(setup.log) in state["finished"]
+
+    setup.append(dovecot_line("203.0.113.7"), log=setup.log.with_name("mail.log.1"))
+    for _ in range(6):
+        setup.popbs("sync", *NOW, "--max-read", "1M", check=True)
+    granted = setup.map.read_text()
+    assert "203.0.113.7 " in granted
+    assert all(f"{ip} " in granted for ip in ips)
+
+
+def test_a_killed_sync_leaves_no_child_behind(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    setup = Setup(tmp_path)
+    line = (
+        "Dec  4 14:40:12 mail postfix/smtpd[4000]: connect from unknown"
+        "[192.0.2.1] Login: x\n"
+    )
+    with open(setup.log, "w") as handle:
+        handle.write(line * (80 * 1024 * 1024 // len(line)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "popbs_tools", "sync", *setup.settings(), *NOW],
+        env=setup.env(),
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[int] = []
+    deadline = time.monotonic() + 20
+    while not children and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+        task = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        children = (
+            [int(pid) for pid in task.read_text().split()] if task.exists() else []
+        )
+    assert children, "the big read did not fork"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    for _ in range(100):
+        if not any(Path(f"/proc/{pid}").exists() for pid in children):
+            break
+        time.sleep(0.02)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []
+    # The lock is free: the next run does its work.
+    done = setup.popbs("sync", *NOW, "-v")
+    assert "holds the lock" not in done.stderr

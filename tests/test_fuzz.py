@@ -63,8 +63,8 @@ def test_addresses_with_leading_zeros_or_out_of_range_are_refused(text: str) -> 
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.binary(max_size=300), max_size=40), st.integers(0, 5))
-def test_scanner_offsets_stay_on_line_boundaries(chunks: list[bytes], cut: int) -> None:
+@given(st.lists(st.binary(max_size=300), max_size=40))
+def test_scanner_offsets_stay_on_line_boundaries(chunks: list[bytes]) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
@@ -75,5 +75,8 @@ def test_scanner_offsets_stay_on_line_boundaries(chunks: list[bytes], cut: int) 
         list(reader.lines())
         assert reader.position is not None
         offset = reader.position.offset
-        assert offset == 0 or data[offset - 1 : offset] == b"\n"
+        # After a line end, or after the NUL bytes a copytruncate leaves.
+        assert data[offset - 1 : offset] in (b"", b"\n") or not data[:offset].strip(
+            b"\0"
+        )
         assert b"\n" not in data[offset:]

@@ -377,3 +377,90 @@ def test_two_process_read_gives_the_same_lines_and_offset(
     parallel = read(0)
     assert parallel == serial
     assert len(serial[0]) > 100
+
+
+def test_a_half_written_zst_is_not_taken_for_the_whole_generation(
+    setup: Setup,
+) -> None:
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd missing")
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(*(dovecot_line(f"198.51.100.{n}") for n in range(2, 200)))
+
+    # `zstd --rm mail.log.1` at work: the plain file is still there, whole.
+    setup.log.rename(setup.root / "mail.log.1")
+    packed = subprocess.run(
+        ["zstd", "-q", "-c", str(setup.root / "mail.log.1")],
+        capture_output=True,
+        check=True,
+    ).stdout
+    (setup.root / "mail.log.1.zst").write_bytes(packed[: len(packed) // 2])
+    setup.append(dovecot_line("198.51.100.250"))
+    found = scanned(setup)
+    assert len(found) == 199 and found[-1] == "198.51.100.250"
+
+    done = setup.popbs("scan", str(setup.root / "mail.log.1.zst"), *NOW)
+    assert done.returncode == 3 and "cannot read" in done.stderr
+
+
+def test_a_nul_gap_longer_than_a_read_loses_no_line(setup: Setup) -> None:
+    with open(setup.log, "wb") as handle:
+        handle.seek(5_000_000)
+        handle.write(
+            (
+                dovecot_line("198.51.100.1")
+                + "\n"
+                + dovecot_line("198.51.100.2")
+                + "\n"
+            ).encode()
+        )
+    done = setup.popbs("scan", *NOW, check=True)
+    assert [line.split()[0] for line in done.stdout.splitlines()] == [
+        "198.51.100.1",
+        "198.51.100.2",
+    ]
+    assert "5000000 NUL bytes" in done.stderr
+
+
+def test_an_overlong_login_line_counts_nowhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "mail.log"
+    long_user = "u" * (scanner.MAX_LINE + 10)
+    with open(log, "w") as handle:
+        handle.write(dovecot_line("198.51.100.1", user=long_user) + "\n")
+        handle.write("Dec  4 14:40:12 mail x: " + "y" * (scanner.CHUNK - 50_000) + "\n")
+        handle.write(dovecot_line("198.51.100.2", user=long_user) + "\n")
+        handle.write(dovecot_line("198.51.100.3") + "\n")
+    for minimum in (1 << 40, 0):
+        monkeypatch.setattr(scanner, "PARALLEL_MIN", minimum)
+        reader = scanner.LogScan(log, None, (b"Login: ",))
+        lines = [line for _, line in reader.lines()]
+        assert [b"198.51.100.3" in line for line in lines] == [True]
+
+
+def test_no_state_scan_changes_nothing_and_a_lost_state_uses_the_copy(
+    setup: Setup,
+) -> None:
+    setup.append(dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+    assert scanned(setup) == ["198.51.100.2"]
+    state = setup.state_dir / "state.json"
+    state.write_bytes(state.read_bytes()[:50])
+    before = sorted(p.name for p in setup.state_dir.iterdir())
+
+    setup.popbs("scan", "--no-state", *NOW, check=True)
+    assert sorted(p.name for p in setup.state_dir.iterdir()) == before
+
+    state.unlink()  # moved away by an admin, say
+    setup.append(dovecot_line("198.51.100.3"))
+    assert scanned(setup) == ["198.51.100.2", "198.51.100.3"]
+
+
+def test_deeply_nested_state_is_corrupt_not_a_crash(setup: Setup) -> None:
+    setup.state_dir.mkdir(mode=0o700)
+    (setup.state_dir / "state.json").write_text("[" * 100_000 + "]" * 100_000)
+    done = setup.popbs("scan", *NOW)
+    assert done.returncode == 5 and "corrupt" in done.stderr
