@@ -224,7 +224,7 @@ def _die_with(parent: int) -> None:
 
 
 # The spool is memory (a memfd): a child stops once it holds this much.
-SPOOL_MAX = 16 << 20
+SPOOL_MAX = 64 << 20
 
 # Below this much to read, one process is as quick.
 PARALLEL_MIN = 64 << 20
