@@ -288,31 +288,25 @@ def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
 
 
 def position_of(handle: BinaryIO, offset: int, stat: os.stat_result) -> Position:
-    head = _read_at(handle, 0, HEAD)
     tail_len = min(TAIL, offset)
-    tail = _read_at(handle, offset - tail_len, tail_len)
-    return Position(
-        offset,
-        _digest(head),
-        len(head),
-        _digest(tail),
-        tail_len,
-        stat.st_dev,
-        stat.st_ino,
-    )
+    head = _read_at(handle, 0, HEAD)
+    return _position(offset, head, _read_at(handle, offset - tail_len, tail_len), stat)
 
 
 def position_in_file(fd: int, offset: int, stat: os.stat_result) -> Position:
     """position_of() for a plain file, by pread: the file offset stays put."""
-    head = os.pread(fd, HEAD, 0)
     tail_len = min(TAIL, offset)
-    tail = os.pread(fd, tail_len, offset - tail_len)
+    head = os.pread(fd, HEAD, 0)
+    return _position(offset, head, os.pread(fd, tail_len, offset - tail_len), stat)
+
+
+def _position(offset: int, head: bytes, tail: bytes, stat: os.stat_result) -> Position:
     return Position(
         offset,
         _digest(head),
         len(head),
         _digest(tail),
-        tail_len,
+        len(tail),
         stat.st_dev,
         stat.st_ino,
     )
