@@ -74,7 +74,8 @@ def test_killed_at_random_points_loses_nothing_and_converges(tmp_path: Path) -> 
                 assert setup.query(some) is not None
         published = current
 
-    assert kills >= KILLS // 3, f"only {kills} runs were killed mid-way"
+    # Kills land at random moments; a fast machine finishes more runs first.
+    assert kills >= KILLS // 5, f"only {kills} runs were killed mid-way"
     setup.popbs("sync", *NOW, check=True)
     reference.popbs("sync", *NOW, check=True)
     assert grants_of(setup) == grants_of(reference)
