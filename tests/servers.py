@@ -493,17 +493,7 @@ class DovecotServer(_ForegroundServer):
         """Log in over IMAP posing as as_addr; True if the login succeeded."""
         client = _LineClient(host, self.imap_port)
         try:
-            greeting = client.receive()
-            self.check_greeting(greeting, client.dialogue())
-            self._expect(client, greeting.startswith("* OK"))
-            # Dovecot takes the forwarded address only before authentication.
-            client.send(
-                f'a1 ID ("x-originating-ip" "{as_addr}" '
-                f'"x-originating-port" "{as_port}")'
-            )
-            self._expect(client, self._tagged(client, "a1").startswith("a1 OK"))
-            client.send(f'a2 LOGIN "{user}" "{password}"')
-            reply = self._tagged(client, "a2")
+            reply = self._imap_login(client, user, password, as_addr, as_port)
             if reply.startswith("a2 NO [AUTHENTICATIONFAILED]"):
                 return False
             self._expect(client, reply.startswith("a2 OK"))
@@ -516,6 +506,21 @@ class DovecotServer(_ForegroundServer):
                 pass
             client.close()
 
+    def _imap_login(
+        self, client: _LineClient, user: str, password: str, as_addr: str, as_port: int
+    ) -> str:
+        """Greeting, ID with the posed address, LOGIN: the LOGIN's reply."""
+        greeting = client.receive()
+        self.check_greeting(greeting, client.dialogue())
+        self._expect(client, greeting.startswith("* OK"))
+        # Dovecot takes the forwarded address only before authentication.
+        client.send(
+            f'a1 ID ("x-originating-ip" "{as_addr}" "x-originating-port" "{as_port}")'
+        )
+        self._expect(client, self._tagged(client, "a1").startswith("a1 OK"))
+        client.send(f'a2 LOGIN "{user}" "{password}"')
+        return self._tagged(client, "a2")
+
     @contextlib.contextmanager
     def imap_session(
         self, user: str, password: str, as_addr: str, host: str = "127.0.0.1"
@@ -523,12 +528,8 @@ class DovecotServer(_ForegroundServer):
         """Stay logged in over IMAP, posing as as_addr, until the block ends."""
         client = _LineClient(host, self.imap_port)
         try:
-            greeting = client.receive()
-            self.check_greeting(greeting, client.dialogue())
-            client.send(f'a1 ID ("x-originating-ip" "{as_addr}")')
-            self._expect(client, self._tagged(client, "a1").startswith("a1 OK"))
-            client.send(f'a2 LOGIN "{user}" "{password}"')
-            self._expect(client, self._tagged(client, "a2").startswith("a2 OK"))
+            reply = self._imap_login(client, user, password, as_addr, 40144)
+            self._expect(client, reply.startswith("a2 OK"))
             yield
             client.send("a3 LOGOUT")
             self._tagged(client, "a3")
@@ -775,6 +776,25 @@ class PostfixServer(_ForegroundServer):
     def rcpt_code(self, as_addr: str, rcpt: str = "someone@example.net") -> int:
         """The SMTP code smtpd answers RCPT TO:<rcpt> with, posing as as_addr."""
         return self.rcpt_reply(as_addr, rcpt)[0]
+
+
+def sync_command(
+    dovecot: DovecotServer, postfix: PostfixServer, state_dir: Path
+) -> list[str]:
+    """`popbs sync` on the test Dovecot's log into the test Postfix's map.
+
+    No --map-type or --postmap: like the cron job, popbs asks the test
+    Postfix's postconf (through MAIL_CONFIG) for both.
+    """
+    return [
+        "sync",
+        "--log",
+        str(dovecot.log_path),
+        "--map",
+        str(postfix.map_path),
+        "--state-dir",
+        str(state_dir),
+    ]
 
 
 def map_file(map_path: Path, map_type: str) -> Path:

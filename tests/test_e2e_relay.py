@@ -88,17 +88,7 @@ def test_logins_let_clients_relay_until_the_ttl_runs_out(
 
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    sync = [
-        "sync",
-        "--log",
-        str(dovecot.log_path),
-        "--map",
-        str(postfix.map_path),
-        "--state-dir",
-        str(state_dir),
-    ]
-    # No --map-type or --postmap: like the cron job, popbs asks the test
-    # Postfix's postconf (through MAIL_CONFIG) for both.
+    sync = servers.sync_command(dovecot, postfix, state_dir)
     synced = popbs(postfix, *sync)
     context = explain(dovecot, postfix, synced)
     assert (synced.returncode, synced.stdout) == (0, ""), context

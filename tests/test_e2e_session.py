@@ -32,15 +32,7 @@ def popbs(postfix: servers.PostfixServer, *args: str) -> str:
 def test_connected_client_keeps_its_grant_until_it_logs_out(
     dovecot: servers.DovecotServer, postfix: servers.PostfixServer, tmp_path: Path
 ) -> None:
-    sync = [
-        "sync",
-        "--log",
-        str(dovecot.log_path),
-        "--map",
-        str(postfix.map_path),
-        "--state-dir",
-        str(tmp_path / "state"),
-    ]
+    sync = servers.sync_command(dovecot, postfix, tmp_path / "state")
     # A session that ends shows popbs that this Dovecot's end lines can be
     # matched to their logins.
     assert dovecot.imap_login("alice", "secret", EARLIER)
