@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from popbs_tools import __version__, grants, jobs, settings
+from popbs_tools import __version__, grants, jobs, manual, settings
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
     EXIT_INTERNAL,
@@ -26,7 +26,7 @@ from popbs_tools.errors import (
 from popbs_tools.explain import build_explainer
 from popbs_tools.scan import Found, scan_files
 from popbs_tools.settings import Settings
-from popbs_tools.timestamps import format_left, format_local
+from popbs_tools.timestamps import format_left, format_local, parse_duration
 
 log = logging.getLogger("popbs_tools")
 
@@ -187,6 +187,10 @@ def _command(function: Callable[..., int | None]) -> Callable[..., None]:
         _setup_logging(verbose, options.pop("quiet"))
         names = ("config", *settings.KEYS)
         values = {name: options.pop(name) for name in names}
+        # A command may take a setting's option for itself (grant --ttl is
+        # the length of that one grant, not the TTL of all the others).
+        for name in getattr(function, "own_options", ()):
+            options[name] = values.pop(name)
         try:
             resolved = settings.resolve(values, settings.environment(), time.time())
             code = function(resolved, **options)
@@ -385,23 +389,91 @@ def publish(config: Settings) -> int:
     return 0
 
 
+def _grantable(config: Settings, address: str) -> str:
+    key = normalise(address)
+    if key is None:
+        raise SettingsError(f"{address!r} is not an IP address")
+    refusal = config.policy.refusal(key)
+    if refusal:
+        raise SettingsError(f"refusing {key}: {refusal}, never granted")
+    return key
+
+
+def _owns(*names: str) -> Callable[[F], F]:
+    """Mark a command as taking these settings' options for itself."""
+
+    def mark(function: F) -> F:
+        function.own_options = names  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+@popbs.command()
+@click.argument("address")
+@_setting_options
+@_command
+@_owns("ttl")
+def grant(config: Settings, address: str, ttl: str | None) -> int:
+    """Let ADDRESS relay now, as if it had logged in; publish at once.
+
+    --ttl is the length of this grant (90s, 30m, 2h, 1d), default the TTL;
+    a grant longer than the TTL is kept up by each sync until it ends. The
+    TTL of every other grant comes from the environment or the config file.
+    Loopback, never-grant and invalid addresses are refused. If a sync holds
+    the lock, the grant is queued and that sync publishes it.
+
+    \b
+    Examples:
+      popbs grant 198.51.100.7
+      popbs grant 2001:db8::7 --ttl 2h
+    """
+    key = _grantable(config, address)
+    try:
+        seconds = parse_duration(ttl) if ttl else config.ttl
+    except ValueError as error:
+        raise SettingsError(f"bad --ttl: {error}") from None
+    until = config.now + seconds
+    jobs.request(config, manual.Request(manual.GRANT, key, config.now, until))
+    log.info("granted %s until %s", key, format_local(until))
+    return 0
+
+
+@popbs.command()
+@click.argument("address")
+@_setting_options
+@_command
+def revoke(config: Settings, address: str) -> int:
+    """Stop ADDRESS relaying now; publish at once.
+
+    It comes back only with a login logged after now. Open IMAP sessions of
+    the address no longer keep it granted.
+    """
+    key = normalise(address)
+    if key is None:
+        raise SettingsError(f"{address!r} is not an IP address")
+    jobs.request(config, manual.Request(manual.REVOKE, key, config.now))
+    log.info("revoked %s", key)
+    return 0
+
+
 @popbs.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
 @_setting_options
 @_command
 def list_(config: Settings, as_json: bool) -> int:
     """The current grants: address, last seen logged in, time left."""
-    current = grants.load(config.map_path)
-    valid = grants.prune(current, config.ttl, config.now)
+    valid = grants.prune(grants.load(config.map_path), config.ttl, config.now)
+    ends = jobs.expiries(config)
     width = max((len(key) for key in valid), default=0)
     for key in sorted(valid, key=grants.sort_key):
         when = valid[key]
-        left = when + config.ttl - config.now
+        left = ends[key] - config.now
         if as_json:
             record = {
                 "ip": key,
                 "time": when,
-                "expires": when + config.ttl,
+                "expires": ends[key],
                 "left": int(left),
             }
             out(json.dumps(record))
@@ -427,7 +499,7 @@ def check(config: Settings, address: str) -> int:
     if when is None:
         click.echo(f"{key} may not relay: no grant")
         return EXIT_NO
-    expiry = when + config.ttl
+    expiry = jobs.expiries(config).get(key, when + config.ttl)
     if config.now >= expiry:
         click.echo(f"{key} may not relay: its grant expired at {format_local(expiry)}")
         return EXIT_NO

@@ -2,11 +2,12 @@
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from popbs_tools import fsutil, grants, locking, publish, recognise, state
+from popbs_tools import fsutil, grants, locking, manual, publish, recognise, state
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import InputError, MapError, StateError
 from popbs_tools.grants import Grants
@@ -164,6 +165,11 @@ def _sync_locked(settings: Settings) -> Change:
             found.close()  # type: ignore[attr-defined]
             return Change(published=True)
 
+    # Grants and revocations queued by hand meanwhile (see manual.py).
+    requests = manual.queued(settings.state_dir)
+    manual.apply(requests, current)
+    logins = manual.not_revoked(latest.items(), current)
+
     assert reader.tracker is not None
     reader.tracker.expire(
         settings.now, settings.max_session, settings.ttl, settings.disabled
@@ -172,22 +178,24 @@ def _sync_locked(settings: Settings) -> Change:
         key for key in reader.tracker.connected() if not settings.policy.refusal(key)
     }
 
-    def edit(current: Grants) -> Grants:
-        merged = grants.merge(current, latest.items(), settings.now)
+    def edit(table: Grants) -> Grants:
+        merged = grants.merge(table, logins, settings.now)
         # A client still connected keeps its grant. Refreshing only once half
         # the TTL has gone keeps postmap from running every minute for it.
         stale = settings.now - settings.ttl / 2
         for key in connected:
             if merged.get(key, -1) <= stale:
                 merged[key] = int(settings.now)
-        return merged
+        return manual.adjust(merged, current, settings.now, settings.ttl)
 
     change = update(settings, edit, publish_map=True)
 
     # Offsets are saved last: a run killed before this reads the same lines
-    # again, and merging them twice changes nothing.
+    # again, and merging them twice changes nothing. Requests are removed
+    # after that, and applying one twice changes nothing either.
     if current != saved:
         state.save(settings.state_dir, current)
+    manual.done(requests)
     return change
 
 
@@ -199,9 +207,10 @@ def _commit_checkpoint(
     latest: Grants,
 ) -> None:
     """Publish the logins found so far, then save the state as of `checkpoint`."""
+    logins = manual.not_revoked(latest.items(), current)
     update(
         settings,
-        lambda grants_now: grants.merge(grants_now, latest.items(), settings.now),
+        lambda table: grants.merge(table, logins, settings.now),
         publish_map=True,
     )
     snapshot = current.copy()
@@ -284,6 +293,69 @@ def locked_update(
         raise StateError(
             f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; try again"
         ) from None
+
+
+def request(settings: Settings, wanted: manual.Request) -> Change | None:
+    """Queue a grant or revocation, and publish it unless a running sync does.
+
+    Returns the change when this command applied it, None when a sync that
+    held the lock meanwhile did. Raises StateError if neither happened within
+    MANUAL_WAIT seconds: the request then stays queued for the next run.
+    """
+    lock = _lock_path(settings)
+    queued = manual.submit(settings.state_dir, wanted)
+    deadline = time.monotonic() + MANUAL_WAIT
+    while True:
+        try:
+            with locking.held(lock):
+                return _apply_requests(settings)
+        except locking.Busy:
+            if not queued.exists():
+                log.info("the running popbs sync applied the request")
+                return None
+            if time.monotonic() >= deadline:
+                raise StateError(
+                    f"another popbs run has held {lock} for {MANUAL_WAIT:.0f}s; "
+                    f"the request is queued ({queued.name}) and the next run "
+                    "applies it"
+                ) from None
+            time.sleep(0.1)
+
+
+def _apply_requests(settings: Settings) -> Change:
+    saved = state.load(settings.state_dir)
+    current = saved.copy()
+    requests = manual.queued(settings.state_dir)
+    manual.apply(requests, current)
+
+    change = update(
+        settings,
+        lambda table: manual.adjust(table, current, settings.now, settings.ttl),
+        publish_map=True,
+    )
+
+    if current != saved:
+        state.save(settings.state_dir, current)
+    manual.done(requests)
+    return change
+
+
+def expiries(settings: Settings) -> dict[str, float]:
+    """When each current grant ends: its TIME plus the TTL, or a hand grant's end.
+
+    Read only; a state that cannot be read only hides the hand grants' ends.
+    """
+    table = grants.prune(grants.load(settings.map_path), settings.ttl, settings.now)
+    ends = {key: float(when + settings.ttl) for key, when in table.items()}
+    try:
+        saved = state.load(settings.state_dir, repair=False)
+    except StateError as error:
+        log.warning("%s", error)
+        return ends
+    for key, until in saved.manual.items():
+        if key in ends and until > ends[key]:
+            ends[key] = until
+    return ends
 
 
 def publish_now(settings: Settings) -> None:

@@ -78,6 +78,10 @@ class State:
     finished: Positions = field(default_factory=dict)
     # Since when each missing log has been missing (see scan.MISSING_WARN).
     missing: dict[str, float] = field(default_factory=dict)
+    # Hand grants (address: until when) and revocations (address: since
+    # when); see manual.py.
+    manual: dict[str, float] = field(default_factory=dict)
+    revoked: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> "State":
         return State(
@@ -88,10 +92,15 @@ class State:
             dict(self.pending),
             dict(self.finished),
             dict(self.missing),
+            dict(self.manual),
+            dict(self.revoked),
         )
 
 
 BODY = ("logs", "cursors", "sessions", "learned", "pending", "finished", "missing")
+# Added later: counted in the checksum only when present, so that a state
+# file written before they existed still reads.
+LATER = ("manual", "revoked")
 
 
 def _position(fields: Any) -> Position:
@@ -129,16 +138,18 @@ def _pending(entries: Any) -> dict[str, list[object]]:
     return dict(entries)
 
 
-def _missing(entries: Any) -> dict[str, float]:
+def _times(entries: Any, what: str) -> dict[str, float]:
     if not isinstance(entries, dict) or not all(
-        isinstance(v, int | float) for v in entries.values()
+        isinstance(v, int | float) and not isinstance(v, bool) for v in entries.values()
     ):
-        raise ValueError("missing-log times are malformed")
+        raise ValueError(f"{what} are malformed")
     return {str(k): float(v) for k, v in entries.items()}
 
 
 def checksum_of(document: dict[str, Any]) -> str:
-    return _checksum({key: document.get(key) for key in BODY})
+    body = {key: document.get(key) for key in BODY}
+    body.update({key: document[key] for key in LATER if key in document})
+    return _checksum(body)
 
 
 def _checksum(logs: dict[str, Any]) -> str:
@@ -244,7 +255,9 @@ def _read(path: Path) -> State:
                 name: _position(f)
                 for name, f in (document.get("finished") or {}).items()
             },
-            missing=_missing(document.get("missing") or {}),
+            missing=_times(document.get("missing") or {}, "missing-log times"),
+            manual=_times(document.get("manual") or {}, "hand grants"),
+            revoked=_times(document.get("revoked") or {}, "revocations"),
         )
     except StateError:
         raise
@@ -267,10 +280,24 @@ def _keep_previous(path: Path, previous: Path) -> None:
 
 
 def reset(state_dir: Path) -> None:
-    """Forget the state on purpose: the next run is a first run."""
+    """Forget the state on purpose: the next run is a first run.
+
+    Hand grants and revocations are the admin's decisions, not positions in
+    a log: they are kept if the state (or its previous copy) still reads.
+    """
+    kept = State()
+    for name in (STATE_FILE, PREVIOUS_FILE):
+        try:
+            old = _read(state_dir / name)
+        except (FileNotFoundError, Corrupt, StateError):
+            continue
+        kept = State(manual=old.manual, revoked=old.revoked)
+        break
     for name in (STATE_FILE, PREVIOUS_FILE):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(state_dir / name)
+    if kept.manual or kept.revoked:
+        save(state_dir, kept)
     log.info("state in %s reset", state_dir)
 
 
@@ -285,6 +312,8 @@ def save(state_dir: Path, state: State) -> None:
         "pending": dict(sorted(state.pending.items())),
         "finished": {name: asdict(p) for name, p in sorted(state.finished.items())},
         "missing": dict(sorted(state.missing.items())),
+        "manual": dict(sorted(state.manual.items())),
+        "revoked": dict(sorted(state.revoked.items())),
     }
     document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"

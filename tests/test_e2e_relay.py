@@ -138,3 +138,18 @@ def test_logins_let_clients_relay_until_the_ttl_runs_out(
         FAILED_CLIENT: 554,
         STRANGER: 554,
     }, context
+
+
+def test_grant_and_revoke_by_hand_reach_postfix_at_once(
+    postfix: servers.PostfixServer, tmp_path: Path
+) -> None:
+    settings = ["--map", str(postfix.map_path), "--state-dir", str(tmp_path / "s")]
+    assert postfix.rcpt_code(STRANGER, OUTSIDE) == 554
+
+    granted = popbs(postfix, "grant", STRANGER, *settings)
+    assert (granted.returncode, granted.stderr) == (0, ""), granted.stderr
+    assert postfix.rcpt_code(STRANGER, OUTSIDE) == 250, postfix.log_tail()
+
+    revoked = popbs(postfix, "revoke", STRANGER, *settings)
+    assert (revoked.returncode, revoked.stderr) == (0, ""), revoked.stderr
+    assert postfix.rcpt_code(STRANGER, OUTSIDE) == 554, postfix.log_tail()

@@ -1,0 +1,177 @@
+"""Grants and revocations made by hand: `popbs grant` and `popbs revoke`.
+
+A request is first written as a file of its own into STATE_DIR/requests, and
+only then does its command wait for the lock. Whichever run holds the lock
+next applies every queued request: the command itself, or a sync that was
+running (or watching) meanwhile. So a request made during a sync is never
+lost, and a killed run leaves it queued for the next.
+
+What a request leaves in the state:
+- a grant: `manual[IP] = UNTIL`; the grant file's TIME for the address is kept
+  at `UNTIL - TTL` at the latest, so Postfix stops relaying at UNTIL, and a
+  grant longer than the TTL is refreshed by each sync until then;
+- a revocation: `revoked[IP] = WHEN`; logins logged at or before WHEN no
+  longer count (a late read of the log must not bring the address back), and
+  its open IMAP sessions are forgotten. Only a new login brings it back.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from popbs_tools import fsutil
+from popbs_tools.errors import StateError
+from popbs_tools.grants import Grants
+from popbs_tools.state import State
+
+log = logging.getLogger(__name__)
+
+REQUESTS_DIR = "requests"
+SUFFIX = ".request"
+GRANT = "grant"
+REVOKE = "revoke"
+
+
+@dataclass(frozen=True)
+class Request:
+    action: str
+    ip: str
+    time: float
+    until: float = 0.0
+    path: Path | None = None
+
+
+def submit(state_dir: Path, request: Request) -> Path:
+    """Queue `request` in the state directory; return its file."""
+    directory = state_dir / REQUESTS_DIR
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        record = {
+            "action": request.action,
+            "ip": request.ip,
+            "time": request.time,
+            "until": request.until,
+        }
+        data = json.dumps(record).encode() + b"\n"
+        temp = fsutil.write_temp(directory, ".new.", data, 0o600)
+        # Named by the time it was made, so that requests apply in order.
+        name = f"{time.time_ns():020d}-{os.getpid()}-{temp.name[-8:]}{SUFFIX}"
+        path = directory / name
+        os.replace(temp, path)
+        fsutil.fsync_dir(directory)
+    except OSError as error:
+        raise StateError(
+            f"cannot queue the request in {directory}: {error.strerror}"
+        ) from None
+    return path
+
+
+def queued(state_dir: Path) -> list[Request]:
+    """The requests waiting in the state directory, oldest first.
+
+    A file that is not a request (half-written by hand, say) is set aside as
+    NAME.bad with a warning rather than block the queue.
+    """
+    directory = state_dir / REQUESTS_DIR
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(SUFFIX))
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        raise StateError(f"cannot read {directory}: {error.strerror}") from None
+    requests = []
+    for name in names:
+        path = directory / name
+        try:
+            requests.append(_read(path))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("ignoring unreadable request %s: %s", path, error)
+            with contextlib.suppress(OSError):
+                os.replace(path, path.with_name(name + ".bad"))
+    return requests
+
+
+def _read(path: Path) -> Request:
+    record = json.loads(path.read_bytes())
+    action, ip = record["action"], record["ip"]
+    when, until = record["time"], record.get("until", 0.0)
+    if action not in (GRANT, REVOKE) or not isinstance(ip, str):
+        raise ValueError("not a grant or revoke request")
+    if not all(isinstance(n, int | float) for n in (when, until)):
+        raise ValueError("a time is not a number")
+    return Request(action, ip, float(when), float(until), path)
+
+
+def done(requests: Iterable[Request]) -> None:
+    """Remove applied requests; only once their effect is saved and published."""
+    for request in requests:
+        if request.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(request.path)
+
+
+def apply(requests: Iterable[Request], state: State) -> None:
+    """Record the requests in `state` (grants, revocations, sessions)."""
+    for request in requests:
+        if request.action == GRANT:
+            state.manual[request.ip] = request.until
+            state.revoked.pop(request.ip, None)
+            continue
+        state.manual.pop(request.ip, None)
+        state.revoked[request.ip] = max(
+            request.time, state.revoked.get(request.ip, 0.0)
+        )
+        for key, session in list(state.sessions.items()):
+            if session.ip == request.ip:
+                del state.sessions[key]
+
+
+def not_revoked(
+    logins: Iterable[tuple[str, float]], state: State
+) -> list[tuple[str, float]]:
+    """The logins that came after their address was last revoked.
+
+    A later login lifts the revocation.
+    """
+    kept = []
+    for key, when in logins:
+        revoked = state.revoked.get(key)
+        if revoked is not None:
+            if when <= revoked:
+                continue
+            del state.revoked[key]
+        kept.append((key, when))
+    return kept
+
+
+def adjust(table: Grants, state: State, now: float, ttl: int) -> Grants:
+    """Apply revocations and hand grants to the grant table.
+
+    Expired entries leave the state: a hand grant at its end, a revocation
+    once every login it covers is older than the TTL anyway.
+    """
+    adjusted = dict(table)
+    for key in list(state.revoked):
+        adjusted.pop(key, None)
+        if state.revoked[key] + ttl <= now:
+            del state.revoked[key]
+
+    for key, until in list(state.manual.items()):
+        if until <= now:
+            del state.manual[key]
+            continue
+        # Postfix relays while now < TIME + TTL: the latest TIME that still
+        # ends at UNTIL. Refreshed only once half the TTL has gone, like an
+        # open session, so that postmap does not run every minute for it.
+        target = int(min(now, until - ttl))
+        current = adjusted.get(key)
+        if current is None or (current < target and current <= now - ttl / 2):
+            adjusted[key] = target
+    return adjusted
