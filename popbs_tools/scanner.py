@@ -453,7 +453,7 @@ class LogScan:
             and ((saved.dev, saved.ino) != (stat.st_dev, stat.st_ino))
         )
 
-    def _read_by_inode(self) -> Iterator[tuple[Source, bytes]]:
+    def _read_by_inode(self) -> Iterator[tuple[Source, bytes | Checkpoint]]:
         assert self.saved is not None
         for sibling in rotated_siblings(self.path):
             try:
@@ -467,7 +467,7 @@ class LogScan:
                 yield from self._read_generation(sibling, 0)
                 return
 
-    def _missing(self) -> Iterator[tuple[Source, bytes]]:
+    def _missing(self) -> Iterator[tuple[Source, bytes | Checkpoint]]:
         # Mid-rotation the path can be missing for a moment: keep the position,
         # but finish the old generation if it already sits under a new name.
         self.missing = True
@@ -477,7 +477,7 @@ class LogScan:
         log.info("log %s is missing", self.path)
         yield from self._finish_previous()
 
-    def _finish_previous(self) -> Iterator[tuple[Source, bytes]]:
+    def _finish_previous(self) -> Iterator[tuple[Source, bytes | Checkpoint]]:
         """Finish the saved generation, then read every newer rotated one."""
         assert self.saved is not None
         siblings = rotated_siblings(self.path)
@@ -500,7 +500,7 @@ class LogScan:
                 self.path,
             )
 
-    def _late_lines(self) -> Iterator[tuple[Source, bytes]]:
+    def _late_lines(self) -> Iterator[tuple[Source, bytes | Checkpoint]]:
         # A writer that has not reopened its log yet still appends to the
         # renamed file: read what came after where the last run finished it.
         before = self.finished_before
@@ -509,7 +509,9 @@ class LogScan:
         for sibling in rotated_siblings(self.path)[:2]:
             if self._holds(sibling, before):
                 if sibling.stat().st_size > before.offset:
-                    yield from self._read_generation(sibling, before.offset)
+                    # No checkpoints: saved, one would send the next run back
+                    # to this generation and through the newer ones again.
+                    yield from self._read_generation(sibling, before.offset, False)
                 return
         self.finished = None  # compressed or gone: nothing more will come
 
@@ -526,9 +528,16 @@ class LogScan:
                 return False
 
     def _read_generation(
-        self, path: Path, start: int
-    ) -> Iterator[tuple[Source, bytes]]:
-        """Read a rotated generation from `start`; remember where it ended."""
+        self, path: Path, start: int, checkpoints: bool = True
+    ) -> Iterator[tuple[Source, bytes | Checkpoint]]:
+        """Read a rotated generation from `start`; remember where it ended.
+
+        A long catch-up (after downtime, a rotated log of gigabytes) offers
+        checkpoints in plain generations too: saved, such a position is found
+        again among the rotated files by its content, and reading goes on
+        from there. Compressed ones offer none: finding a place in one means
+        decompressing up to it.
+        """
         try:
             handle, compressed = open_any(path)
             stat = os.stat(path)
@@ -536,11 +545,16 @@ class LogScan:
             log.warning("cannot read %s: %s", path, error.strerror)
             return
         source = Source(str(path), stat.st_mtime, str(self.path))
+        offer = checkpoints and self.checkpoint_every > 0 and not compressed
         with handle:
-            end = start
+            end = last = start
             for item in read_from(handle, start, self.markers, compressed):
-                if isinstance(item, int):
-                    end = item
-                else:
+                if not isinstance(item, int):
                     yield source, item
+                    continue
+                end = item
+                if offer and end - last + MAX_LINE >= self.checkpoint_every:
+                    last = end
+                    here = position_in_file(handle.fileno(), end, stat)
+                    yield source, Checkpoint(str(self.path), here, None)
             self.finished = None if compressed else position_of(handle, end, stat)

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.skipif(POSTMAP is None, reason="Postfix's postmap missi
 NOW = ("--now", "2026-12-04T15:00:00")
 
 
-def big_log(setup: Setup, logins: int) -> list[str]:
-    ips = [f"198.51.{100 + n // 250}.{n % 250 + 1}" for n in range(logins)]
+def big_log(setup: Setup, logins: int, first: int = 0) -> list[str]:
+    numbers = range(first, first + logins)
+    ips = [f"198.51.{100 + n // 250}.{n % 250 + 1}" for n in numbers]
     for ip in ips:
         setup.append(*noise(60, when="Dec  4 14:40:00"), dovecot_line(ip))
     return ips
@@ -119,3 +120,34 @@ def test_a_killed_sync_leaves_no_child_behind(tmp_path: Path) -> None:
     # The lock is free: the next run does its work.
     done = setup.popbs("sync", *NOW, "-v")
     assert "holds the lock" not in done.stderr
+
+
+def test_a_rotated_backlog_is_read_in_bounded_steps(tmp_path: Path) -> None:
+    """Days of downtime: the unread rest sits in rotated generations."""
+    setup = Setup(tmp_path)
+    setup.append(*noise(10))
+    setup.popbs("sync", *NOW, check=True)
+    older = big_log(setup, 400)
+    setup.log.rename(setup.log.with_name("mail.log.2"))
+    setup.append("Dec  4 14:40:00 mail syslogd: restart")
+    middle = big_log(setup, 400, first=400)
+    setup.log.rename(setup.log.with_name("mail.log.1"))
+    setup.append("Dec  4 14:40:01 mail syslogd: restart")
+    newest = big_log(setup, 100, first=800)
+
+    inodes = []
+    for _ in range(12):
+        setup.popbs("sync", *NOW, "--max-read", "1M", check=True)
+        state = json.loads((setup.state_dir / "state.json").read_text())
+        position = state["logs"][str(setup.log)]
+        inodes.append(position["ino"])
+        if position["ino"] == setup.log.stat().st_ino and position["offset"] == (
+            setup.log.stat().st_size
+        ):
+            break
+    # The first run stopped inside the oldest rotated generation, and later
+    # runs went on from there rather than start over.
+    assert inodes[0] == setup.log.with_name("mail.log.2").stat().st_ino
+    assert setup.log.with_name("mail.log.1").stat().st_ino in inodes
+    granted = [line.split()[0] for line in setup.map.read_text().splitlines()[1:]]
+    assert sorted(granted) == sorted(older + middle + newest)
