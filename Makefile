@@ -34,3 +34,9 @@ clean:
 .PHONY: bench
 bench: $(VENV)/installed
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+# make bench-watch  sync --watch: login-to-relay delay (real Dovecot and
+#                   Postfix, 4 cron minutes) and CPU per idle hour
+.PHONY: bench-watch
+bench-watch: system-packages $(VENV)/installed
+	$(PY) bench/watch.py $(BENCH_ARGS)

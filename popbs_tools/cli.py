@@ -259,19 +259,37 @@ def popbs() -> None:
     is_flag=True,
     help="Forget the saved state first: read the logs as on a first run.",
 )
+@click.option(
+    "--watch",
+    metavar="TIME",
+    help="Keep watching the logs for TIME after starting (65s from cron), "
+    "publishing each login within a second.",
+)
 @_setting_options
 @_command
-def sync(config: Settings, reset: bool) -> int:
+def sync(config: Settings, reset: bool, watch: str | None) -> int:
     """Scan the logs, merge new logins, prune, publish the map if it changed.
 
     The cron job. Prints nothing on success; exits 0 without touching
-    anything if another run holds the lock.
+    anything if another run holds the lock. With --watch, it goes on
+    watching the logs under the lock and publishes each new login within a
+    second; a run started meanwhile waits for the lock and takes over, so
+    that `* * * * * popbs sync --watch 65s` leaves no minute unwatched.
 
     \b
     Example:
       popbs sync --log /var/log/mail.log --map /etc/postfix/popbs
     """
-    jobs.sync(config, reset)
+    if watch is None:
+        jobs.sync(config, reset)
+        return 0
+    try:
+        length = parse_duration(watch)
+    except ValueError as error:
+        raise SettingsError(f"bad --watch: {error}") from None
+    if reset:
+        raise SettingsError("--reset and --watch do not go together")
+    jobs.watch(config, length)
     return 0
 
 

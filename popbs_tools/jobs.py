@@ -1,7 +1,10 @@
 """The jobs behind the commands: sync, merge, prune, publish, list, check."""
 
+import contextlib
+import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -138,6 +141,94 @@ def sync(settings: Settings, reset: bool = False) -> Change | None:
     except locking.Busy:
         log.info("another popbs run holds the lock; nothing done")
         return None
+
+
+# How often a watching sync looks at the logs: a stat() of each, so that a
+# quiet hour costs well under a CPU second (see bench/watch.py).
+POLL = 0.25
+# A watching sync runs a pass at least this often, with nothing new in the
+# logs, to prune grants whose TTL ran out and refresh open sessions.
+IDLE_PASS = 30.0
+# Where the journal's files change when anything is logged.
+JOURNAL_DIRS = (Path("/run/log/journal"), Path("/var/log/journal"))
+
+
+def watch(
+    settings: Settings,
+    length: float,
+    poll: float = POLL,
+    idle_pass: float = IDLE_PASS,
+) -> Change | None:
+    """The cron job, watching: sync, then publish each new login at once.
+
+    Runs passes of sync under the lock until `length` seconds have passed
+    since it started, or another run waits for the lock. A run started
+    while another watches waits for it (the old one hands over at its next
+    poll), so that consecutive cron minutes leave no gap; a third run that
+    finds one already waiting leaves at once.
+    """
+    started = time.monotonic()
+    lock = _lock_path(settings)
+    with contextlib.ExitStack() as stack:
+        with locking.first_in_line(lock) as first:
+            if not first:
+                log.info("another popbs run waits for the lock; nothing done")
+                return None
+            try:
+                stack.enter_context(locking.held(lock, wait=length))
+            except locking.Busy:
+                log.info(
+                    "another popbs run held the lock for %ds; nothing done", length
+                )
+                return None
+        return _watch_locked(settings, lock, started + length, poll, idle_pass)
+
+
+def _watch_locked(
+    settings: Settings, lock: Path, deadline: float, poll: float, idle_pass: float
+) -> Change:
+    # Time goes on from --now, when given, as it does on the clock.
+    origin = time.monotonic()
+
+    def at_now() -> Settings:
+        return dataclasses.replace(
+            settings, now=settings.now + time.monotonic() - origin
+        )
+
+    change = _sync_locked(at_now())
+    seen = _fingerprint(settings)
+    last_pass = time.monotonic()
+    while time.monotonic() + poll < deadline:
+        time.sleep(poll)
+        if locking.waited_for(lock):
+            log.info("another popbs run waits for the lock; handing it over")
+            break
+        now = _fingerprint(settings)
+        if now == seen and time.monotonic() - last_pass < idle_pass:
+            continue
+        seen = now
+        last_pass = time.monotonic()
+        log.debug("watch: a pass")
+        change = _sync_locked(at_now())
+    return change
+
+
+def _fingerprint(settings: Settings) -> tuple[object, ...]:
+    """What changes when a log, the journal or the request queue does."""
+    paths = [*settings.logs, settings.state_dir / manual.REQUESTS_DIR]
+    if settings.journal:
+        paths += settings.journal_files or [
+            path for directory in JOURNAL_DIRS for path in directory.glob("*/*.journal")
+        ]
+    marks: list[object] = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            marks.append(None)
+            continue
+        marks.append((info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(marks)
 
 
 def _sync_locked(settings: Settings) -> Change:

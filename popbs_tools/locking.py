@@ -2,6 +2,10 @@
 
 flock is released by the kernel when the process dies, so a killed run never
 leaves a stale lock behind, and no PID file is needed.
+
+A run that waits for the lock says so by a shared flock on LOCK.wanted, so
+that a watching sync (`sync --watch`), which holds the lock for up to a
+minute or more, hands it over at its next poll instead of making it wait.
 """
 
 import fcntl
@@ -29,15 +33,80 @@ def held(path: Path, wait: float = 0.0) -> Iterator[None]:
     except OSError as error:
         raise StateError(f"cannot open lock file {path}: {error.strerror}") from None
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise Busy(str(path)) from None
-                time.sleep(0.05)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait <= 0:
+                raise Busy(str(path)) from None
+            with _wanting(path):
+                _wait_for(fd, path, wait)
         yield
+    finally:
+        os.close(fd)
+
+
+def _wait_for(fd: int, path: Path, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        time.sleep(0.05)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise Busy(str(path)) from None
+
+
+def wanted_path(path: Path) -> Path:
+    return path.with_name(path.name + ".wanted")
+
+
+def _open(path: Path) -> int:
+    try:
+        return os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+    except OSError as error:
+        raise StateError(f"cannot open lock file {path}: {error.strerror}") from None
+
+
+@contextmanager
+def _wanting(path: Path) -> Iterator[None]:
+    fd = _open(wanted_path(path))
+    try:
+        # Blocks only for the instant in which a holder looks (waited_for).
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def waited_for(path: Path) -> bool:
+    """Whether another process waits for the lock at `path` (which we hold)."""
+    fd = _open(wanted_path(path))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextmanager
+def first_in_line(path: Path) -> Iterator[bool]:
+    """Whether this is the only watching run queued for the lock at `path`.
+
+    Two cron minutes' runs waiting at once would hand the lock to and fro;
+    the second one leaves instead.
+    """
+    fd = _open(path.with_name(path.name + ".next"))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
