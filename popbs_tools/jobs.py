@@ -162,38 +162,58 @@ def watch(
     """The cron job, watching: sync, then publish each new login at once.
 
     Runs passes of sync under the lock until `length` seconds have passed
-    since it started, or another run waits for the lock. A run started
-    while another watches waits for it (the old one hands over at its next
-    poll), so that consecutive cron minutes leave no gap; a third run that
-    finds one already waiting leaves at once.
+    since it started. A run started while another watches waits for it (the
+    old one hands over at its next poll), so that consecutive cron minutes
+    leave no gap; a third run that finds one already waiting leaves at once.
+    A command that waits for the lock (publish, merge, ...) gets it too, and
+    this run then waits to take it back.
     """
-    started = time.monotonic()
+    origin = time.monotonic()
+    deadline = origin + length
     lock = _lock_path(settings)
-    with contextlib.ExitStack() as stack:
-        with locking.first_in_line(lock) as first:
-            if not first:
-                log.info("another popbs run waits for the lock; nothing done")
-                return None
-            try:
-                stack.enter_context(locking.held(lock, wait=length))
-            except locking.Busy:
-                log.info(
-                    "another popbs run held the lock for %ds; nothing done", length
-                )
-                return None
-        return _watch_locked(settings, lock, started + length, poll, idle_pass)
+    change = None
+    while True:
+        with contextlib.ExitStack() as stack:
+            with locking.first_in_line(lock) as first:
+                if not first:
+                    log.info("another popbs run waits for the lock; leaving it")
+                    return change
+                try:
+                    wait = max(0.0, deadline - time.monotonic())
+                    stack.enter_context(locking.held(lock, wait=wait))
+                except locking.Busy:
+                    log.info("another popbs run held the lock until the end")
+                    return change
+            change, handed_over = _watch_locked(
+                settings, lock, origin, deadline, (poll, idle_pass)
+            )
+            # Handed to the next cron run, which watches on: this one is done.
+            if not handed_over or locking.next_in_line(lock):
+                return change
+        # Handed to a command: let it take the lock before asking again, or
+        # this run, polling faster, would win it back every time.
+        while locking.waited_for(lock) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def _watch_locked(
-    settings: Settings, lock: Path, deadline: float, poll: float, idle_pass: float
-) -> Change:
-    # Time goes on from --now, when given, as it does on the clock.
-    origin = time.monotonic()
+    settings: Settings,
+    lock: Path,
+    origin: float,
+    deadline: float,
+    pace: tuple[float, float],
+) -> tuple[Change, bool]:
+    """Passes until the deadline; also returns whether another run wanted the lock.
+
+    `pace` is the poll interval and the longest time between two passes.
+    Time in passes goes on from settings.now (--now, when given) as the
+    monotonic clock does from `origin`: a step of the wall clock moves nothing.
+    """
+    poll, idle_pass = pace
 
     def at_now() -> Settings:
-        return dataclasses.replace(
-            settings, now=settings.now + time.monotonic() - origin
-        )
+        now = settings.now + time.monotonic() - origin
+        return dataclasses.replace(settings, now=now)
 
     change = _sync_locked(at_now())
     seen = _fingerprint(settings)
@@ -202,7 +222,7 @@ def _watch_locked(
         time.sleep(poll)
         if locking.waited_for(lock):
             log.info("another popbs run waits for the lock; handing it over")
-            break
+            return change, True
         now = _fingerprint(settings)
         if now == seen and time.monotonic() - last_pass < idle_pass:
             continue
@@ -210,7 +230,7 @@ def _watch_locked(
         last_pass = time.monotonic()
         log.debug("watch: a pass")
         change = _sync_locked(at_now())
-    return change
+    return change, False
 
 
 def _fingerprint(settings: Settings) -> tuple[object, ...]:

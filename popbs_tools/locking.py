@@ -93,6 +93,22 @@ def waited_for(path: Path) -> bool:
     return False
 
 
+def _next_path(path: Path) -> Path:
+    return path.with_name(path.name + ".next")
+
+
+def next_in_line(path: Path) -> bool:
+    """Whether a watching run waits in line (first_in_line) for `path`."""
+    fd = _open(_next_path(path))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextmanager
 def first_in_line(path: Path) -> Iterator[bool]:
     """Whether this is the only watching run queued for the lock at `path`.
@@ -100,7 +116,7 @@ def first_in_line(path: Path) -> Iterator[bool]:
     Two cron minutes' runs waiting at once would hand the lock to and fro;
     the second one leaves instead.
     """
-    fd = _open(path.with_name(path.name + ".next"))
+    fd = _open(_next_path(path))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -116,12 +116,17 @@ def test_the_next_minutes_run_takes_over_and_a_third_leaves(
 def test_a_manual_command_during_the_watch_does_not_wait_out_the_watch(
     setup: Setup, runs: Runs
 ) -> None:
-    runs.start("sync", "--watch", "60s")
+    watching = runs.start("sync", "--watch", "60s")
     wait_until(setup.db.exists)
     started = time.monotonic()
     done = setup.popbs("publish")
     assert (done.returncode, done.stderr) == (0, "")
     assert time.monotonic() - started < 30  # not the 60 s of the watch
+
+    # The watching run took the lock back and watches on.
+    setup.append(now_line(ALICE))
+    wait_until(lambda: setup.query(ALICE) is not None)
+    assert watching.poll() is None
 
 
 def test_a_grant_during_the_watch_is_published_by_the_watch(
