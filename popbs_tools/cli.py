@@ -135,6 +135,25 @@ def _setting_options(command: F) -> F:
             help="Explain each step on stderr; -vv for more.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+        click.option(
+            "--allow",
+            multiple=True,
+            metavar="CIDR",
+            help="Grant only inside these networks; repeatable. Default: anywhere.",
+        ),
+        click.option(
+            "--trust-mynetworks/--no-trust-mynetworks",
+            default=None,
+            help="Never grant what Postfix's mynetworks already trusts "
+            "(postconf -xh mynetworks); default on.",
+        ),
+        click.option(
+            "--syslog",
+            is_flag=True,
+            default=None,
+            help="Log each grant added or pruned to the system log "
+            "(facility mail, ident popbs).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -419,6 +438,13 @@ def check(config: Settings, address: str) -> int:
     key = normalise(address)
     if key is None:
         raise SettingsError(f"{address!r} is not an IP address")
+    trusted = config.policy.trusted_by_mta(key)
+    if trusted and not config.policy.local_refusal(key):
+        click.echo(
+            f"{key} may relay without a grant: it is in Postfix's mynetworks "
+            f"({trusted}), so popbs never grants it"
+        )
+        return 0
     refusal = config.policy.refusal(key)
     if refusal:
         click.echo(f"{key} may not relay: {refusal}, never granted")

@@ -106,7 +106,8 @@ def _sanitised(current: Grants, settings: Settings) -> Grants:
     """
     clean: Grants = {}
     for key, when in current.items():
-        refusal = settings.policy.refusal(key)
+        # Postfix's mynetworks was checked when the grant was made.
+        refusal = settings.policy.local_refusal(key)
         if refusal:
             log.warning("dropping %s from %s: %s", key, settings.map_path, refusal)
             continue
@@ -169,7 +170,9 @@ def _sync_locked(settings: Settings) -> Change:
         settings.now, settings.max_session, settings.ttl, settings.disabled
     )
     connected = {
-        key for key in reader.tracker.connected() if not settings.policy.refusal(key)
+        key
+        for key in reader.tracker.connected()
+        if not settings.policy.local_refusal(key)
     }
 
     def edit(current: Grants) -> Grants:
