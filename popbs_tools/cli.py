@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from popbs_tools import __version__, grants, jobs, settings
+from popbs_tools import __version__, grants, jobs, preview, settings
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
     EXIT_INTERNAL,
@@ -274,20 +274,36 @@ def popbs() -> None:
     is_flag=True,
     help="Forget the saved state first: read the logs as on a first run.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would change (+ IP added, - IP pruned, ~ IP renewed) and "
+    "write nothing; exit 1 if the map would change, 0 if not.",
+)
 @_setting_options
 @_command
-def sync(config: Settings, reset: bool) -> int:
+def sync(config: Settings, reset: bool, dry_run: bool) -> int:
     """Scan the logs, merge new logins, prune, publish the map if it changed.
 
     The cron job. Prints nothing on success; exits 0 without touching
     anything if another run holds the lock.
 
     \b
-    Example:
+    Examples:
       popbs sync --log /var/log/mail.log --map /etc/postfix/popbs
+      popbs sync --dry-run
     """
+    if dry_run:
+        return _dry_run(config, reset)
     jobs.sync(config, reset)
     return 0
+
+
+def _dry_run(config: Settings, reset: bool) -> int:
+    seen = preview.dry_run(config, reset)
+    for line in seen.lines():
+        out(line)
+    return EXIT_NO if seen.changes_map else 0
 
 
 @popbs.command()

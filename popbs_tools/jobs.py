@@ -3,7 +3,7 @@
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from popbs_tools import fsutil, grants, locking, publish, recognise, state
@@ -26,6 +26,11 @@ class Change:
     removed: tuple[str, ...] = ()
     written: bool = False
     published: bool = False
+    # Granted before and after, with a new time.
+    refreshed: tuple[str, ...] = ()
+    # The grant file's table before and after the change.
+    before: Grants = field(default_factory=dict)
+    after: Grants = field(default_factory=dict)
 
 
 def interpreter(settings: Settings) -> Interpreter:
@@ -54,17 +59,7 @@ def update(
     than the grant file (a first run, or a run killed before postmap), or
     always with `force`.
     """
-    old_data = _read(settings.map_path)
-    old = grants.parse(old_data, str(settings.map_path)) if old_data else {}
-
-    current = _sanitised(old, settings)
-    new = _capped(grants.prune(edit(current), settings.ttl, settings.now), settings)
-    new_data = grants.render(new)
-    change = Change(
-        added=tuple(sorted(set(new) - set(old))),
-        removed=tuple(sorted(set(old) - set(new))),
-    )
-
+    old_data, new_data, change = planned(settings, edit)
     unchanged = new_data == old_data
     if publish_map:
         current_map = publish.is_current(settings.map_path, settings.map_type)
@@ -73,14 +68,39 @@ def update(
         publish.publish(
             settings.map_path, new_data, settings.map_type, settings.postmap
         )
-        return Change(change.added, change.removed, written=True, published=True)
+        return replace(change, written=True, published=True)
     if unchanged:
         return change
     try:
         fsutil.replace(settings.map_path, new_data)
     except OSError as error:
         raise MapError(f"cannot write {settings.map_path}: {error.strerror}") from None
-    return Change(change.added, change.removed, written=True)
+    return replace(change, written=True)
+
+
+def planned(
+    settings: Settings, edit: Callable[[Grants], Grants]
+) -> tuple[bytes | None, bytes, Change]:
+    """The grant file now, as it would be after `edit` and the TTL, and the
+    change between them; writes nothing."""
+    old_data = _read(settings.map_path)
+    old = grants.parse(old_data, str(settings.map_path)) if old_data else {}
+
+    current = _sanitised(old, settings)
+    new = _capped(grants.prune(edit(current), settings.ttl, settings.now), settings)
+    change = Change(
+        added=tuple(sorted(set(new) - set(old), key=grants.sort_key)),
+        removed=tuple(sorted(set(old) - set(new), key=grants.sort_key)),
+        refreshed=tuple(
+            sorted(
+                (key for key in new if old.get(key, new[key]) != new[key]),
+                key=grants.sort_key,
+            )
+        ),
+        before=old,
+        after=new,
+    )
+    return old_data, grants.render(new), change
 
 
 def _capped(table: Grants, settings: Settings) -> Grants:
@@ -165,10 +185,24 @@ def _sync_locked(settings: Settings) -> Change:
             found.close()  # type: ignore[attr-defined]
             return Change(published=True)
 
+    change = update(settings, sync_edit(settings, reader, latest), publish_map=True)
+
+    # Offsets are saved last: a run killed before this reads the same lines
+    # again, and merging them twice changes nothing.
+    if current != saved:
+        state.save(settings.state_dir, current)
+    return change
+
+
+def sync_edit(
+    settings: Settings, reader: Interpreter, latest: Grants
+) -> Callable[[Grants], Grants]:
+    """What a sync does to the grants once the logs are read."""
     assert reader.tracker is not None
     reader.tracker.expire(
         settings.now, settings.max_session, settings.ttl, settings.disabled
     )
+    # Postfix's mynetworks was checked when the session's grant was made.
     connected = {
         key
         for key in reader.tracker.connected()
@@ -185,13 +219,7 @@ def _sync_locked(settings: Settings) -> Change:
                 merged[key] = int(settings.now)
         return merged
 
-    change = update(settings, edit, publish_map=True)
-
-    # Offsets are saved last: a run killed before this reads the same lines
-    # again, and merging them twice changes nothing.
-    if current != saved:
-        state.save(settings.state_dir, current)
-    return change
+    return edit
 
 
 def _commit_checkpoint(

@@ -9,8 +9,8 @@ from typing import Any
 
 from popbs_tools import postfix, timestamps
 from popbs_tools.addresses import IPNetwork, Policy, parse_network
-from popbs_tools.mynetworks import PostfixNetworks
 from popbs_tools.errors import SettingsError
+from popbs_tools.mynetworks import PostfixNetworks
 
 DEFAULT_CONFIG = Path("/etc/popbs/popbs.conf")
 DEFAULT_MAP = Path("/etc/postfix/popbs")
