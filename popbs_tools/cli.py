@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from popbs_tools import __version__, grants, jobs, preview, settings
+from popbs_tools import __version__, audit, grants, jobs, preview, settings
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
     EXIT_INTERNAL,
@@ -168,6 +168,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("popbs: %(message)s"))
+    # The audit logger passes its lines on at INFO for --syslog: stderr
+    # still shows only what -v or -q asks for.
+    handler.setLevel(level)
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -208,6 +211,8 @@ def _command(function: Callable[..., int | None]) -> Callable[..., None]:
         values = {name: options.pop(name) for name in names}
         try:
             resolved = settings.resolve(values, settings.environment(), time.time())
+            if resolved.syslog:
+                audit.to_syslog(settings.environment())
             code = function(resolved, **options)
             flush()
         except PopbsError as error:
@@ -393,7 +398,8 @@ def merge(config: Settings, files: tuple[str, ...]) -> int:
     def edit(current: grants.Grants) -> grants.Grants:
         return grants.merge(current, accepted, config.now)
 
-    jobs.locked_update(config, edit, publish_map=False)
+    change = jobs.locked_update(config, edit, publish_map=False)
+    jobs.audited(change, {})
     return 0
 
 
@@ -403,8 +409,7 @@ def merge(config: Settings, files: tuple[str, ...]) -> int:
 def prune(config: Settings) -> int:
     """Drop grants older than the TTL from the grant file."""
     change = jobs.locked_update(config, lambda current: current, publish_map=False)
-    for key in change.removed:
-        log.info("pruned %s", key)
+    jobs.audited(change, {})
     return 0
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from popbs_tools import fsutil, grants, locking, publish, recognise, state
+from popbs_tools import audit, fsutil, grants, locking, publish, recognise, state
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import InputError, MapError, StateError
 from popbs_tools.grants import Grants
@@ -103,6 +103,12 @@ def planned(
     return old_data, grants.render(new), change
 
 
+def audited(change: Change, logins: dict[str, tuple[str, str]]) -> None:
+    """The audit lines (--syslog) of a change that was written."""
+    if change.written:
+        audit.report(change.added, change.removed, change.before, change.after, logins)
+
+
 def _capped(table: Grants, settings: Settings) -> Grants:
     """At most --max-grants grants: the newest are kept."""
     limit = settings.max_grants
@@ -169,16 +175,19 @@ def _sync_locked(settings: Settings) -> Change:
     )
 
     latest: Grants = {}
+    # The user and server of the newest login of each address, for --syslog.
+    logins: dict[str, tuple[str, str]] = {}
     read_so_far = 0
     for item in found:
         if isinstance(item, Found):
             if item.time > latest.get(item.ip, -1):
                 latest[item.ip] = item.time
+                logins[item.ip] = (item.user, item.server)
             continue
         # A checkpoint in a long read: publish what was found so far and save
         # the position, so that a run killed later still moved forward.
         read_so_far += every
-        _commit_checkpoint(settings, reader, current, item, latest)
+        _commit_checkpoint(settings, reader, current, item, latest, logins)
         latest = {}
         if settings.max_read and read_so_far >= settings.max_read:
             log.info("read %d bytes (--max-read); the rest next run", read_so_far)
@@ -186,6 +195,7 @@ def _sync_locked(settings: Settings) -> Change:
             return Change(published=True)
 
     change = update(settings, sync_edit(settings, reader, latest), publish_map=True)
+    audited(change, logins)
 
     # Offsets are saved last: a run killed before this reads the same lines
     # again, and merging them twice changes nothing.
@@ -228,13 +238,15 @@ def _commit_checkpoint(
     current: state.State,
     checkpoint: Checkpoint,
     latest: Grants,
+    logins: dict[str, tuple[str, str]],
 ) -> None:
     """Publish the logins found so far, then save the state as of `checkpoint`."""
-    update(
+    change = update(
         settings,
         lambda grants_now: grants.merge(grants_now, latest.items(), settings.now),
         publish_map=True,
     )
+    audited(change, logins)
     snapshot = current.copy()
     snapshot.logs[checkpoint.log] = checkpoint.position
     if checkpoint.finished is None:
