@@ -12,7 +12,15 @@ from typing import Any, TypeVar
 
 import click
 
-from popbs_tools import __version__, audit, grants, jobs, preview, settings
+from popbs_tools import (
+    __version__,
+    audit,
+    grants,
+    jobs,
+    preview,
+    progress,
+    settings,
+)
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
     EXIT_INTERNAL,
@@ -171,6 +179,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     # The audit logger passes its lines on at INFO for --syslog: stderr
     # still shows only what -v or -q asks for.
     handler.setLevel(level)
+    handler.addFilter(progress.clear_first)
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -206,7 +215,10 @@ def _command(function: Callable[..., int | None]) -> Callable[..., None]:
     @functools.wraps(function)
     def wrapper(**options: Any) -> None:
         verbose = options.pop("verbose")
-        _setup_logging(verbose, options.pop("quiet"))
+        quiet = options.pop("quiet")
+        _setup_logging(verbose, quiet)
+        if not quiet:
+            progress.enable(sys.stderr, settings.environment())
         names = ("config", *settings.KEYS)
         values = {name: options.pop(name) for name in names}
         try:
