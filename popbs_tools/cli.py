@@ -471,8 +471,10 @@ def check(config: Settings, address: str) -> int:
     key = normalise(address)
     if key is None:
         raise SettingsError(f"{address!r} is not an IP address")
+    # Postfix's own trust comes first: permit_mynetworks lets such a client
+    # relay whatever popbs would refuse to grant it.
     trusted = config.policy.trusted_by_mta(key)
-    if trusted and not config.policy.local_refusal(key):
+    if trusted:
         click.echo(
             f"{key} may relay without a grant: it is in Postfix's mynetworks "
             f"({trusted}), so popbs never grants it"

@@ -154,6 +154,10 @@ def test_check_says_postfix_lets_a_trusted_address_relay(setup: Setup) -> None:
     assert "may relay without a grant: it is in Postfix's mynetworks" in done.stdout
     done = setup.popbs("check", TRUSTED, "--now", NOW, "--no-trust-mynetworks")
     assert (done.returncode, done.stdout) == (1, f"{TRUSTED} may not relay: no grant\n")
+    # Trusted by Postfix though never granted by popbs: Postfix decides.
+    done = setup.popbs("check", "127.0.0.1", "--now", NOW)
+    assert done.returncode == 0
+    assert "(127.0.0.0/8), so popbs never grants it" in done.stdout
 
 
 def test_explain_names_mynetworks(setup: Setup) -> None:
