@@ -4,6 +4,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -64,24 +65,60 @@ def parse_network(text: str) -> IPNetwork:
     return network
 
 
+class Trusted(Protocol):
+    """Networks the MTA trusts by itself (see mynetworks.PostfixNetworks)."""
+
+    def trusts(self, key: str) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Policy:
     """Which addresses may never be granted."""
 
     never_grant: tuple[IPNetwork, ...] = BUILTIN_NEVER_GRANT
+    # When not empty, only addresses inside these networks are granted.
+    allow: tuple[IPNetwork, ...] = ()
+    # Asked last, and only for an address every other rule lets through:
+    # it may run a program (postconf).
+    trusted: Trusted | None = None
 
     @classmethod
-    def with_extra(cls, extra: Iterable[IPNetwork]) -> "Policy":
-        return cls(BUILTIN_NEVER_GRANT + tuple(extra))
+    def with_extra(
+        cls,
+        extra: Iterable[IPNetwork],
+        allow: Iterable[IPNetwork] = (),
+        trusted: Trusted | None = None,
+    ) -> "Policy":
+        return cls(BUILTIN_NEVER_GRANT + tuple(extra), tuple(allow), trusted)
 
     def refusal(self, key: str) -> str | None:
         """Why `key` (a normalised address) must not be granted, or None."""
         # Clients log in again and again: the answer is worth keeping.
         return _refusal(self, key)
 
+    def local_refusal(self, key: str) -> str | None:
+        """refusal() without asking the MTA: for grants already made, which
+        every run checks again, so that a run with nothing new runs nothing."""
+        return _local_refusal(self, key)
+
+    def trusted_by_mta(self, key: str) -> str | None:
+        """The MTA's own entry that trusts `key` (a mynetworks entry), or None."""
+        return self.trusted.trusts(key) if self.trusted is not None else None
+
 
 @lru_cache(maxsize=65536)
 def _refusal(policy: Policy, key: str) -> str | None:
+    refusal = _local_refusal(policy, key)
+    if refusal:
+        return refusal
+    entry = policy.trusted_by_mta(key)
+    if entry:
+        return f"in Postfix's mynetworks ({entry})"
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _local_refusal(policy: Policy, key: str) -> str | None:
     address = ipaddress.ip_address(key)
     if address.is_loopback:
         return "loopback address"
@@ -96,4 +133,9 @@ def _refusal(policy: Policy, key: str) -> str | None:
     for network in policy.never_grant:
         if address.version == network.version and address in network:
             return f"in never-grant network {network}"
+    if policy.allow and not any(
+        address.version == network.version and address in network
+        for network in policy.allow
+    ):
+        return "outside the allow-list"
     return None

@@ -12,7 +12,16 @@ from typing import Any, TypeVar
 
 import click
 
-from popbs_tools import __version__, grants, jobs, manual, settings
+from popbs_tools import (
+    __version__,
+    audit,
+    grants,
+    jobs,
+    manual,
+    preview,
+    progress,
+    settings,
+)
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
     EXIT_INTERNAL,
@@ -135,6 +144,25 @@ def _setting_options(command: F) -> F:
             help="Explain each step on stderr; -vv for more.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+        click.option(
+            "--allow",
+            multiple=True,
+            metavar="CIDR",
+            help="Grant only inside these networks; repeatable. Default: anywhere.",
+        ),
+        click.option(
+            "--trust-mynetworks/--no-trust-mynetworks",
+            default=None,
+            help="Never grant what Postfix's mynetworks already trusts "
+            "(postconf -xh mynetworks); default on.",
+        ),
+        click.option(
+            "--syslog",
+            is_flag=True,
+            default=None,
+            help="Log each grant added or pruned to the system log "
+            "(facility mail, ident popbs).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -149,6 +177,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("popbs: %(message)s"))
+    # The audit logger passes its lines on at INFO for --syslog: stderr
+    # still shows only what -v or -q asks for.
+    handler.setLevel(level)
+    handler.addFilter(progress.clear_first)
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -184,7 +216,10 @@ def _command(function: Callable[..., int | None]) -> Callable[..., None]:
     @functools.wraps(function)
     def wrapper(**options: Any) -> None:
         verbose = options.pop("verbose")
-        _setup_logging(verbose, options.pop("quiet"))
+        quiet = options.pop("quiet")
+        _setup_logging(verbose, quiet)
+        if not quiet:
+            progress.enable(sys.stderr, settings.environment())
         names = ("config", *settings.KEYS)
         values = {name: options.pop(name) for name in names}
         # A command may take a setting's option for itself (grant --ttl is
@@ -193,6 +228,8 @@ def _command(function: Callable[..., int | None]) -> Callable[..., None]:
             options[name] = values.pop(name)
         try:
             resolved = settings.resolve(values, settings.environment(), time.time())
+            if resolved.syslog:
+                audit.to_syslog(settings.environment())
             code = function(resolved, **options)
             flush()
         except PopbsError as error:
@@ -260,6 +297,12 @@ def popbs() -> None:
     help="Forget the saved state first: read the logs as on a first run.",
 )
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would change (+ IP added, - IP pruned, ~ IP renewed) and "
+    "write nothing; exit 1 if the map would change, 0 if not.",
+)
+@click.option(
     "--watch",
     metavar="TIME",
     help="Keep watching the logs for TIME after starting (65s from cron), "
@@ -267,7 +310,7 @@ def popbs() -> None:
 )
 @_setting_options
 @_command
-def sync(config: Settings, reset: bool, watch: str | None) -> int:
+def sync(config: Settings, reset: bool, dry_run: bool, watch: str | None) -> int:
     """Scan the logs, merge new logins, prune, publish the map if it changed.
 
     The cron job. Prints nothing on success; exits 0 without touching
@@ -277,9 +320,14 @@ def sync(config: Settings, reset: bool, watch: str | None) -> int:
     that `* * * * * popbs sync --watch 65s` leaves no minute unwatched.
 
     \b
-    Example:
+    Examples:
       popbs sync --log /var/log/mail.log --map /etc/postfix/popbs
+      popbs sync --dry-run
     """
+    if dry_run:
+        if watch is not None:
+            raise SettingsError("--dry-run and --watch do not go together")
+        return _dry_run(config, reset)
     if watch is None:
         jobs.sync(config, reset)
         return 0
@@ -291,6 +339,13 @@ def sync(config: Settings, reset: bool, watch: str | None) -> int:
         raise SettingsError("--reset and --watch do not go together")
     jobs.watch(config, length)
     return 0
+
+
+def _dry_run(config: Settings, reset: bool) -> int:
+    seen = preview.dry_run(config, reset)
+    for line in seen.lines():
+        out(line)
+    return EXIT_NO if seen.changes_map else 0
 
 
 @popbs.command()
@@ -380,7 +435,8 @@ def merge(config: Settings, files: tuple[str, ...]) -> int:
     def edit(current: grants.Grants) -> grants.Grants:
         return grants.merge(current, accepted, config.now)
 
-    jobs.locked_update(config, edit, publish_map=False)
+    change = jobs.locked_update(config, edit, publish_map=False)
+    jobs.audited(change, {})
     return 0
 
 
@@ -390,8 +446,7 @@ def merge(config: Settings, files: tuple[str, ...]) -> int:
 def prune(config: Settings) -> int:
     """Drop grants older than the TTL from the grant file."""
     change = jobs.locked_update(config, lambda current: current, publish_map=False)
-    for key in change.removed:
-        log.info("pruned %s", key)
+    jobs.audited(change, {})
     return 0
 
 
@@ -509,6 +564,15 @@ def check(config: Settings, address: str) -> int:
     key = normalise(address)
     if key is None:
         raise SettingsError(f"{address!r} is not an IP address")
+    # Postfix's own trust comes first: permit_mynetworks lets such a client
+    # relay whatever popbs would refuse to grant it.
+    trusted = config.policy.trusted_by_mta(key)
+    if trusted:
+        click.echo(
+            f"{key} may relay without a grant: it is in Postfix's mynetworks "
+            f"({trusted}), so popbs never grants it"
+        )
+        return 0
     refusal = config.policy.refusal(key)
     if refusal:
         click.echo(f"{key} may not relay: {refusal}, never granted")

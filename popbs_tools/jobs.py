@@ -7,10 +7,19 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from popbs_tools import fsutil, grants, locking, manual, publish, recognise, state
+from popbs_tools import (
+    audit,
+    fsutil,
+    grants,
+    locking,
+    manual,
+    publish,
+    recognise,
+    state,
+)
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import InputError, MapError, StateError
 from popbs_tools.grants import Grants
@@ -30,6 +39,11 @@ class Change:
     removed: tuple[str, ...] = ()
     written: bool = False
     published: bool = False
+    # Granted before and after, with a new time.
+    refreshed: tuple[str, ...] = ()
+    # The grant file's table before and after the change.
+    before: Grants = field(default_factory=dict)
+    after: Grants = field(default_factory=dict)
 
 
 def interpreter(settings: Settings) -> Interpreter:
@@ -58,17 +72,7 @@ def update(
     than the grant file (a first run, or a run killed before postmap), or
     always with `force`.
     """
-    old_data = _read(settings.map_path)
-    old = grants.parse(old_data, str(settings.map_path)) if old_data else {}
-
-    current = _sanitised(old, settings)
-    new = _capped(grants.prune(edit(current), settings.ttl, settings.now), settings)
-    new_data = grants.render(new)
-    change = Change(
-        added=tuple(sorted(set(new) - set(old))),
-        removed=tuple(sorted(set(old) - set(new))),
-    )
-
+    old_data, new_data, change = planned(settings, edit)
     unchanged = new_data == old_data
     if publish_map:
         current_map = publish.is_current(settings.map_path, settings.map_type)
@@ -77,14 +81,45 @@ def update(
         publish.publish(
             settings.map_path, new_data, settings.map_type, settings.postmap
         )
-        return Change(change.added, change.removed, written=True, published=True)
+        return replace(change, written=True, published=True)
     if unchanged:
         return change
     try:
         fsutil.replace(settings.map_path, new_data)
     except OSError as error:
         raise MapError(f"cannot write {settings.map_path}: {error.strerror}") from None
-    return Change(change.added, change.removed, written=True)
+    return replace(change, written=True)
+
+
+def planned(
+    settings: Settings, edit: Callable[[Grants], Grants]
+) -> tuple[bytes | None, bytes, Change]:
+    """The grant file now, as it would be after `edit` and the TTL, and the
+    change between them; writes nothing."""
+    old_data = _read(settings.map_path)
+    old = grants.parse(old_data, str(settings.map_path)) if old_data else {}
+
+    current = _sanitised(old, settings)
+    new = _capped(grants.prune(edit(current), settings.ttl, settings.now), settings)
+    change = Change(
+        added=tuple(sorted(set(new) - set(old), key=grants.sort_key)),
+        removed=tuple(sorted(set(old) - set(new), key=grants.sort_key)),
+        refreshed=tuple(
+            sorted(
+                (key for key in new if old.get(key, new[key]) != new[key]),
+                key=grants.sort_key,
+            )
+        ),
+        before=old,
+        after=new,
+    )
+    return old_data, grants.render(new), change
+
+
+def audited(change: Change, logins: dict[str, tuple[str, str]]) -> None:
+    """The audit lines (--syslog) of a change that was written."""
+    if change.written:
+        audit.report(change.added, change.removed, change.before, change.after, logins)
 
 
 def _capped(table: Grants, settings: Settings) -> Grants:
@@ -110,7 +145,8 @@ def _sanitised(current: Grants, settings: Settings) -> Grants:
     """
     clean: Grants = {}
     for key, when in current.items():
-        refusal = settings.policy.refusal(key)
+        # Postfix's mynetworks was checked when the grant was made.
+        refusal = settings.policy.local_refusal(key)
         if refusal:
             log.warning("dropping %s from %s: %s", key, settings.map_path, refusal)
             continue
@@ -260,16 +296,19 @@ def _sync_locked(settings: Settings) -> Change:
     )
 
     latest: Grants = {}
+    # The user and server of the newest login of each address, for --syslog.
+    logins: dict[str, tuple[str, str]] = {}
     read_so_far = 0
     for item in found:
         if isinstance(item, Found):
             if item.time > latest.get(item.ip, -1):
                 latest[item.ip] = item.time
+                logins[item.ip] = (item.user, item.server)
             continue
         # A checkpoint in a long read: publish what was found so far and save
         # the position, so that a run killed later still moved forward.
         read_so_far += every
-        _commit_checkpoint(settings, reader, current, item, latest)
+        _commit_checkpoint(settings, reader, current, item, latest, logins)
         latest = {}
         if settings.max_read and read_so_far >= settings.max_read:
             log.info("read %d bytes (--max-read); the rest next run", read_so_far)
@@ -279,14 +318,37 @@ def _sync_locked(settings: Settings) -> Change:
     # Grants and revocations queued by hand meanwhile (see manual.py).
     requests = manual.queued(settings.state_dir)
     manual.apply(requests, current)
-    logins = manual.not_revoked(latest.items(), current)
 
+    edit = sync_edit(settings, reader, current, latest)
+    change = update(settings, edit, publish_map=True)
+    audited(change, logins)
+
+    # Offsets are saved last: a run killed before this reads the same lines
+    # again, and merging them twice changes nothing. Requests are removed
+    # after that, and applying one twice changes nothing either.
+    if current != saved:
+        state.save(settings.state_dir, current)
+    manual.done(requests)
+    return change
+
+
+def sync_edit(
+    settings: Settings, reader: Interpreter, current: state.State, latest: Grants
+) -> Callable[[Grants], Grants]:
+    """What a sync does to the grants once the logs are read.
+
+    Revocations and hand grants in `current` apply (and expire there).
+    """
+    logins = manual.not_revoked(latest.items(), current)
     assert reader.tracker is not None
     reader.tracker.expire(
         settings.now, settings.max_session, settings.ttl, settings.disabled
     )
+    # Postfix's mynetworks was checked when the session's grant was made.
     connected = {
-        key for key in reader.tracker.connected() if not settings.policy.refusal(key)
+        key
+        for key in reader.tracker.connected()
+        if not settings.policy.local_refusal(key)
     }
 
     def edit(table: Grants) -> Grants:
@@ -299,15 +361,7 @@ def _sync_locked(settings: Settings) -> Change:
                 merged[key] = int(settings.now)
         return manual.adjust(merged, current, settings.now, settings.ttl)
 
-    change = update(settings, edit, publish_map=True)
-
-    # Offsets are saved last: a run killed before this reads the same lines
-    # again, and merging them twice changes nothing. Requests are removed
-    # after that, and applying one twice changes nothing either.
-    if current != saved:
-        state.save(settings.state_dir, current)
-    manual.done(requests)
-    return change
+    return edit
 
 
 def _commit_checkpoint(
@@ -316,14 +370,16 @@ def _commit_checkpoint(
     current: state.State,
     checkpoint: Checkpoint,
     latest: Grants,
+    logins: dict[str, tuple[str, str]],
 ) -> None:
     """Publish the logins found so far, then save the state as of `checkpoint`."""
-    logins = manual.not_revoked(latest.items(), current)
-    update(
+    granted = manual.not_revoked(latest.items(), current)
+    change = update(
         settings,
-        lambda table: grants.merge(table, logins, settings.now),
+        lambda table: grants.merge(table, granted, settings.now),
         publish_map=True,
     )
+    audited(change, logins)
     snapshot = current.copy()
     snapshot.logs[checkpoint.log] = checkpoint.position
     if checkpoint.finished is None:

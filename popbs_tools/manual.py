@@ -71,11 +71,12 @@ def submit(state_dir: Path, request: Request) -> Path:
     return path
 
 
-def queued(state_dir: Path) -> list[Request]:
+def queued(state_dir: Path, set_aside: bool = True) -> list[Request]:
     """The requests waiting in the state directory, oldest first.
 
-    A file that is not a request (half-written by hand, say) is set aside as
-    NAME.bad with a warning rather than block the queue.
+    A file that is not a request (written by hand, say) is set aside as
+    NAME.bad with a warning rather than block the queue; only warned about
+    without `set_aside`.
     """
     directory = state_dir / REQUESTS_DIR
     try:
@@ -93,8 +94,9 @@ def queued(state_dir: Path) -> list[Request]:
             continue
         except (OSError, ValueError, KeyError, TypeError) as error:
             log.warning("ignoring unreadable request %s: %s", path, error)
-            with contextlib.suppress(OSError):
-                os.replace(path, path.with_name(name + ".bad"))
+            if set_aside:
+                with contextlib.suppress(OSError):
+                    os.replace(path, path.with_name(name + ".bad"))
     return requests
 
 

@@ -29,16 +29,20 @@ def _postconf() -> str:
 
 
 @cache
-def postconf(name: str) -> str:
-    """One main.cf parameter, read as Postfix reads it (MAIL_CONFIG included)."""
-    command = [_postconf(), "-h", name]
+def postconf(name: str, expand: bool = False) -> str:
+    """One main.cf parameter, read as Postfix reads it (MAIL_CONFIG included).
+
+    With `expand`, $name references in the value are expanded (postconf -x,
+    Postfix 2.10 and later).
+    """
+    command = [_postconf(), "-xh" if expand else "-h", name]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise MapError(f"cannot run {command[0]}: {error}") from None
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise MapError(f"postconf -h {name} failed: {detail}")
+        raise MapError(f"postconf {command[1]} {name} failed: {detail}")
     return done.stdout.strip()
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from popbs_tools import journal, logline, scanner
+from popbs_tools import journal, logline, progress, scanner
 from popbs_tools.addresses import Policy
 from popbs_tools.compressed import open_any
 from popbs_tools.correlate import Sessions
@@ -226,15 +226,20 @@ def scan_files(interpreter: Interpreter, names: Iterable[str]) -> Iterator[Found
                         yield source, item
                 continue
             try:
-                handle, _ = open_any(Path(name))
-                mtime = Path(name).stat().st_mtime
+                handle, compressed = open_any(Path(name))
+                info = Path(name).stat()
             except OSError as error:
                 raise InputError(f"cannot read {name}: {error.strerror}") from None
-            source = Source(name, mtime)
-            with handle, _reading(name):
+            source = Source(name, info.st_mtime)
+            # Offsets in a compressed file count its decompressed bytes: no
+            # total to show them against.
+            total = 0 if compressed else info.st_size
+            with handle, _reading(name), progress.reading(name, 0, total) as advance:
                 for item in scanner.read_from(handle, 0, markers, final=True):
                     if not isinstance(item, int):
                         yield source, item
+                    elif total:
+                        advance(item)
 
     return (item for item in interpreter.logins(lines()) if isinstance(item, Found))
 

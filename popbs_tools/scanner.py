@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from popbs_tools import progress
 from popbs_tools.compressed import open_any
 from popbs_tools.errors import InputError
 from popbs_tools.state import START, Position
@@ -428,17 +429,19 @@ class LogScan:
                     yield from self._finish_previous()
             source = Source(str(self.path), stat.st_mtime)
             end = last = start
-            for item in read_big(handle, start, stat.st_size, self.markers):
-                if not isinstance(item, int):
-                    yield source, item
-                    continue
-                end = item
-                # A read ends short of a whole chunk at the last line end.
-                due = end - last + MAX_LINE >= self.checkpoint_every
-                if self.checkpoint_every and due:
-                    last = end
-                    here = position_in_file(handle.fileno(), end, stat)
-                    yield source, Checkpoint(str(self.path), here, self.finished)
+            with progress.reading(str(self.path), start, stat.st_size) as advance:
+                for item in read_big(handle, start, stat.st_size, self.markers):
+                    if not isinstance(item, int):
+                        yield source, item
+                        continue
+                    end = item
+                    advance(end)
+                    # A read ends short of a whole chunk at the last line end.
+                    due = end - last + MAX_LINE >= self.checkpoint_every
+                    if self.checkpoint_every and due:
+                        last = end
+                        here = position_in_file(handle.fileno(), end, stat)
+                        yield source, Checkpoint(str(self.path), here, self.finished)
             if self.saved is None or end != start or start != self.saved.offset:
                 self.position = position_of(handle, end, stat)
 

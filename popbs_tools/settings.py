@@ -10,6 +10,7 @@ from typing import Any
 from popbs_tools import postfix, timestamps
 from popbs_tools.addresses import IPNetwork, Policy, parse_network
 from popbs_tools.errors import SettingsError
+from popbs_tools.mynetworks import PostfixNetworks
 
 DEFAULT_CONFIG = Path("/etc/popbs/popbs.conf")
 DEFAULT_MAP = Path("/etc/postfix/popbs")
@@ -33,8 +34,11 @@ KEYS = (
     "max_session",
     "max_grants",
     "max_read",
+    "allow",
+    "trust_mynetworks",
+    "syslog",
 )
-LISTS = ("log", "never_grant", "journal_file", "disable")
+LISTS = ("log", "never_grant", "journal_file", "disable", "allow")
 DEFAULT_MAX_SESSION = "12h"
 # A flood of logins (an attack, a botnet of compromised accounts) must not
 # grow the map without bound; see popbs(8), "--max-grants".
@@ -91,6 +95,7 @@ class Settings:
     max_grants: int = DEFAULT_MAX_GRANTS
     max_read: int = 0
     rules: tuple[RuleSpec, ...] = ()
+    syslog: bool = False
 
     @property
     def map_type(self) -> str:
@@ -215,14 +220,29 @@ def resolve(
     except ValueError as error:
         raise SettingsError(f"{bad('ttl')}: {error}") from None
 
-    networks: list[IPNetwork] = []
-    for text in pick("never_grant") or ():
-        try:
-            networks.append(parse_network(text))
-        except ValueError:
-            raise SettingsError(
-                f"{bad('never_grant')}: {text!r} is not a CIDR"
-            ) from None
+    def cidrs(key: str) -> list[IPNetwork]:
+        networks: list[IPNetwork] = []
+        for text in pick(key) or ():
+            try:
+                networks.append(parse_network(text))
+            except ValueError:
+                raise SettingsError(f"{bad(key)}: {text!r} is not a CIDR") from None
+        return networks
+
+    def flag(key: str, default: bool) -> bool:
+        value = pick(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            if value.lower() not in _TRUE | _FALSE:
+                raise SettingsError(f"{bad(key)}: {value!r}; use yes or no")
+            return value.lower() in _TRUE
+        return bool(value)
+
+    networks = cidrs("never_grant")
+    # Postfix's mynetworks is read only when a grant is considered (lazily).
+    trusted = PostfixNetworks() if flag("trust_mynetworks", True) else None
+    policy = Policy.with_extra(networks, cidrs("allow"), trusted)
 
     map_type = pick("map_type")
     if map_type is not None and map_type not in postfix.MAP_TYPES:
@@ -276,7 +296,7 @@ def resolve(
         map_type_setting=map_type,
         state_dir=Path(pick("state_dir") or DEFAULT_STATE_DIR),
         ttl=ttl,
-        policy=Policy.with_extra(networks),
+        policy=policy,
         postmap_setting=Path(postmap) if postmap else None,
         now=now,
         journal=journal,
@@ -286,6 +306,7 @@ def resolve(
         max_grants=max_grants,
         max_read=max_read,
         rules=tuple(rules),
+        syslog=flag("syslog", False),
     )
 
 

@@ -32,7 +32,12 @@ def explain(config: Path, *args: str, stdin: str | None = None) -> tuple[int, st
         popbs,
         ["explain", "--config", str(config), "--now", NOW, *args],
         input=stdin,
-        env={"POPBS_NEVER_GRANT": None, "POPBS_DISABLE": None},
+        # No system main.cf is read: Postfix's mynetworks is not asked.
+        env={
+            "POPBS_NEVER_GRANT": None,
+            "POPBS_DISABLE": None,
+            "POPBS_TRUST_MYNETWORKS": "no",
+        },
     )
     return result.exit_code, result.output
 
