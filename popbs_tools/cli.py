@@ -135,6 +135,12 @@ def _setting_options(command: F) -> F:
             help="Explain each step on stderr; -vv for more.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+        click.option(
+            "--mta",
+            type=click.Choice(["postfix", "sendmail", "exim", "qmail"]),
+            help="The MTA whose table is built: postfix (default), sendmail "
+            "(makemap), exim (net-lsearch file) or qmail (tcprules).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)

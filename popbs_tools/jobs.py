@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from popbs_tools import fsutil, grants, locking, publish, recognise, state
+from popbs_tools import fsutil, grants, locking, mtas, recognise, state
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import InputError, MapError, StateError
 from popbs_tools.grants import Grants
@@ -67,12 +67,10 @@ def update(
 
     unchanged = new_data == old_data
     if publish_map:
-        current_map = publish.is_current(settings.map_path, settings.map_type)
+        current_map = mtas.is_current(settings)
         if unchanged and current_map and not force:
             return change
-        publish.publish(
-            settings.map_path, new_data, settings.map_type, settings.postmap
-        )
+        mtas.publish_grants(settings, new_data)
         return Change(change.added, change.removed, written=True, published=True)
     if unchanged:
         return change

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from popbs_tools import postfix, timestamps
+from popbs_tools import mtas, postfix, timestamps
 from popbs_tools.addresses import IPNetwork, Policy, parse_network
 from popbs_tools.errors import SettingsError
 
@@ -33,6 +33,7 @@ KEYS = (
     "max_session",
     "max_grants",
     "max_read",
+    "mta",
 )
 LISTS = ("log", "never_grant", "journal_file", "disable")
 DEFAULT_MAX_SESSION = "12h"
@@ -91,15 +92,22 @@ class Settings:
     max_grants: int = DEFAULT_MAX_GRANTS
     max_read: int = 0
     rules: tuple[RuleSpec, ...] = ()
+    mta: str = "postfix"
 
     @property
     def map_type(self) -> str:
-        """The map type; Postfix is asked only when one is needed and not set."""
+        """The map type; Postfix is asked only when one is needed and not set.
+
+        Other MTAs have maps of their own (mtas.py): "none" means no Postfix
+        map, and postconf, which may not exist there, is never run.
+        """
+        if self.mta != "postfix":
+            return self.map_type_setting or "none"
         return self.map_type_setting or postfix.default_map_type()
 
     @property
     def postmap(self) -> Path | None:
-        if self.map_type == "none":
+        if self.mta != "postfix" or self.map_type == "none":
             return None
         return self.postmap_setting or postfix.default_postmap()
 
@@ -269,10 +277,14 @@ def resolve(
     logs = tuple(Path(name) for name in pick("log") or ())
     if not logs and not journal:
         logs = default_logs()
+    mta = pick("mta") or "postfix"
+    if mta not in mtas.MTAS:
+        raise SettingsError(f"{bad('mta')}: {mta!r}; use one of {', '.join(mtas.MTAS)}")
+
     postmap = pick("postmap")
     return Settings(
         logs=logs,
-        map_path=Path(pick("map") or DEFAULT_MAP),
+        map_path=Path(pick("map") or mtas.default_map(mta)),
         map_type_setting=map_type,
         state_dir=Path(pick("state_dir") or DEFAULT_STATE_DIR),
         ttl=ttl,
@@ -286,6 +298,7 @@ def resolve(
         max_grants=max_grants,
         max_read=max_read,
         rules=tuple(rules),
+        mta=mta,
     )
 
 
