@@ -43,11 +43,30 @@ def sendmail_key(key: str) -> str:
     return "Connect:IPv6:" + ":".join(f"{group:x}" for group in _groups(address))
 
 
-def sendmail_access(table: Grants) -> bytes:
-    """access(5) lines for `makemap hash`: `Connect:IP<TAB>RELAY`."""
-    lines = [HEADER]
-    lines += [f"{sendmail_key(key)}\tRELAY\n" for key, _, _ in _sorted(table)]
+def sendmail_access(table: Grants, local: bytes = b"") -> bytes:
+    """access(5) lines for `makemap hash`: `Connect:IP<TAB>RELAY`.
+
+    The admin's own lines (`local`) come first. makemap refuses a duplicate
+    key, so a grant whose key they hold is left out: their entry wins.
+    """
+    taken = set()
+    for raw in local.decode("utf-8", "replace").splitlines():
+        fields = raw.split()
+        if fields and not raw.startswith("#"):
+            # makemap folds keys to lower case, and so does Sendmail's lookup.
+            taken.add(fields[0].lower())
+
+    lines = [HEADER, _with_newline(local)]
+    for key, _, _ in _sorted(table):
+        spelled = sendmail_key(key)
+        if spelled.lower() not in taken:
+            lines.append(f"{spelled}\tRELAY\n")
     return "".join(lines).encode()
+
+
+def _with_newline(local: bytes) -> str:
+    text = local.decode("utf-8", "replace")
+    return text if not text or text.endswith("\n") else text + "\n"
 
 
 def exim_key(key: str) -> str:
@@ -106,9 +125,13 @@ def qmail_keys(key: str) -> list[str]:
     return [form for form in forms if not form.endswith(":")]
 
 
-def qmail_rules(table: Grants, ipv6: bool = True) -> bytes:
-    """tcprules lines, `IP:allow,RELAYCLIENT=""`; without `ipv6`, IPv4 only."""
-    lines = [HEADER]
+def qmail_rules(table: Grants, local: bytes = b"", ipv6: bool = True) -> bytes:
+    """tcprules lines, `IP:allow,RELAYCLIENT=""`; without `ipv6`, IPv4 only.
+
+    The admin's own rules (`local`) come first: tcpserver follows the first
+    rule for an address, so theirs wins over a grant.
+    """
+    lines = [HEADER, _with_newline(local)]
     for key, _, address in _sorted(table):
         if address.version == 6 and not ipv6:
             continue

@@ -9,6 +9,9 @@ the MTA reads from that:
   exim      MAP.lsearch   read as it is by a net-lsearch host list
   qmail     MAP.tcprules  tcprules lines; tcprules builds MAP.cdb
 
+Sendmail and tcpserver read one table each, so the admin's own lines for it
+go in MAP.local, which popbs puts first.
+
 The same care as for Postfix: every file is written under a temp name in the
 map's directory, what the MTA reads is renamed into place first, the grant
 file last. A crash at any point leaves the old table or the new one.
@@ -53,20 +56,20 @@ class Files:
 
     source: Path  # the MTA's form of the grants
     built: Path | None  # what the MTA reads, if not the source itself
+    local: Path | None  # the admin's own lines, put first in the table
 
 
 def files(grant_file: Path, mta: str) -> Files:
     name = grant_file.name
+    local = grant_file.with_name(name + ".local")
     if mta == "sendmail":
         source = grant_file.with_name(name + ".access")
-        return Files(source, source.with_name(source.name + ".db"))
+        return Files(source, source.with_name(source.name + ".db"), local)
     if mta == "exim":
-        return Files(grant_file.with_name(name + ".lsearch"), None)
+        return Files(grant_file.with_name(name + ".lsearch"), None, None)
     if mta == "qmail":
-        return Files(
-            grant_file.with_name(name + ".tcprules"),
-            grant_file.with_name(name + ".cdb"),
-        )
+        rules = grant_file.with_name(name + ".tcprules")
+        return Files(rules, grant_file.with_name(name + ".cdb"), local)
     raise ValueError(mta)
 
 
@@ -77,6 +80,10 @@ def is_current(settings: "Settings") -> bool:
     derived = files(settings.map_path, settings.mta)
     try:
         source_time = settings.map_path.stat().st_mtime_ns
+        if derived.local is not None:
+            with contextlib.suppress(FileNotFoundError):
+                # An edited MAP.local is published by the next run.
+                source_time = max(source_time, derived.local.stat().st_mtime_ns)
         for path in (derived.source, derived.built):
             if path is not None and path.stat().st_mtime_ns < source_time:
                 return False
@@ -101,21 +108,21 @@ def _publish_derived(grant_file: Path, data: bytes, mta: str) -> None:
             fsutil.remove_stale_temps(directory, path.name)
 
     table = grants.parse(data)
+    local = _read_local(derived.local)
     leftovers: list[Path] = []
     try:
         # The grant file's temp is written first: what is built from it is
         # newer, which is how is_current() knows the table is up to date.
         temp_grants = _temp(grant_file, data, leftovers)
         if mta == "sendmail":
-            source = mtaforms.sendmail_access(table)
+            source = mtaforms.sendmail_access(table, local)
             temp_source = _temp(derived.source, source, leftovers)
             assert derived.built is not None
             _makemap(temp_source, derived.built, leftovers)
         elif mta == "exim":
             temp_source = _temp(derived.source, mtaforms.exim_lsearch(table), leftovers)
         else:
-            assert derived.built is not None
-            temp_source = _tcprules(table, derived.source, derived.built, leftovers)
+            temp_source = _tcprules(table, local, derived, leftovers)
 
         os.replace(temp_source, derived.source)
         os.replace(temp_grants, grant_file)
@@ -128,6 +135,17 @@ def _publish_derived(grant_file: Path, data: bytes, mta: str) -> None:
         for path in leftovers:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def _read_local(path: Path | None) -> bytes:
+    if path is None:
+        return b""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+    except OSError as error:
+        raise MapError(f"cannot read {path}: {error.strerror}") from None
 
 
 def _temp(target: Path, data: bytes, leftovers: list[Path]) -> Path:
@@ -189,7 +207,7 @@ def _makemap(source: Path, target: Path, leftovers: list[Path]) -> None:
 
 
 def _tcprules(
-    table: grants.Grants, source: Path, target: Path, leftovers: list[Path]
+    table: grants.Grants, local: bytes, derived: Files, leftovers: list[Path]
 ) -> Path:
     """Write the rules, have tcprules build `target`; return the rules' temp.
 
@@ -198,26 +216,33 @@ def _tcprules(
     the IPv6 grants are left out rather than the whole table going stale.
     """
     tcprules = find_command("tcprules")
-    temp_source = _temp(source, mtaforms.qmail_rules(table), leftovers)
+    source, target = derived.source, derived.built
+    assert target is not None
+    temp_source = _temp(source, mtaforms.qmail_rules(table, local), leftovers)
     done = _tcprules_run(tcprules, temp_source, target, leftovers)
-    if done.returncode != 0 and "unable to parse" in done.stderr:
+    # The original ucspi-tcp names the first line it cannot parse.
+    refused = done.stderr.partition("unable to parse this line: ")[2].strip()
+    if done.returncode != 0 and refused and _ipv6_grant_rule(refused):
         ipv6 = sum(1 for key in table if ":" in key)
-        if ipv6:
-            log.warning(
-                "%s cannot parse IPv6 rules (install ucspi-tcp-ipv6): "
-                "%d IPv6 grants left out of %s",
-                tcprules,
-                ipv6,
-                target,
-            )
-            with open(temp_source, "wb") as handle:
-                handle.write(mtaforms.qmail_rules(table, ipv6=False))
-                handle.flush()
-                os.fsync(handle.fileno())
-            done = _tcprules_run(tcprules, temp_source, target, leftovers)
+        log.warning(
+            "%s cannot parse IPv6 rules (install ucspi-tcp-ipv6): "
+            "%d IPv6 grants left out of %s",
+            tcprules,
+            ipv6,
+            target,
+        )
+        temp_source = _temp(
+            source, mtaforms.qmail_rules(table, local, ipv6=False), leftovers
+        )
+        done = _tcprules_run(tcprules, temp_source, target, leftovers)
     if done.returncode != 0:
         raise MapError(_failure("tcprules", done))
     return temp_source
+
+
+def _ipv6_grant_rule(line: str) -> bool:
+    address, _, instructions = line.rpartition(":allow,")
+    return ":" in address and instructions == 'RELAYCLIENT=""'
 
 
 def _tcprules_run(

@@ -399,3 +399,66 @@ def test_mta_setting_sources(
         assert setup.map.with_name(TABLES[value]).exists()
     else:
         assert "smail" in done.stderr
+
+
+# MAP.local: the admin's own lines, in the one table Sendmail or tcpserver reads.
+
+
+def test_sendmail_local_lines_come_first_and_win(tmp_path: Path) -> None:
+    _require(MAKEMAP_DIR / "makemap", SENDMAIL, UNSHARE)
+    setup = MtaSetup(tmp_path, mta="sendmail")
+    setup.grant_by_login()
+    access = setup.map.with_name("popbs.access")
+
+    # An edited MAP.local is published by the next run, though no grant changed.
+    local = setup.map.with_name("popbs.local")
+    local.write_text("Connect:192.0.2.1\tOK\nconnect:198.51.100.7\tREJECT")
+    setup.popbs("sync", "--now", "2026-12-04T15:01:00", check=True)
+
+    answers = _sendmail_lookup(
+        access,
+        [
+            "Connect:192.0.2.1",
+            "Connect:198.51.100.7",
+            mtaforms.sendmail_key(GRANTED[1]),
+        ],
+    )
+    assert "returns OK" in answers[0]
+    # makemap refuses a duplicate key: the grant gives way to the admin's line.
+    assert "returns REJECT" in answers[1]
+    assert "returns RELAY" in answers[2]
+
+
+def test_qmail_local_rules_come_first_and_win(tmp_path: Path) -> None:
+    _require(TCPRULES, TCPRULESCHECK)
+    setup = MtaSetup(tmp_path, mta="qmail")
+    local = setup.map_dir / "popbs.local"
+    local.write_text('127.:allow,RELAYCLIENT=""\n198.51.100.7:deny\n:allow\n')
+    setup.grant_by_login()
+
+    cdb = setup.map.with_name("popbs.cdb")
+    assert "RELAYCLIENT=" in _tcprulescheck(cdb, "127.0.0.1")
+    assert "deny connection" in _tcprulescheck(cdb, "198.51.100.7")
+    assert "RELAYCLIENT=" in _tcprulescheck(cdb, "2001:db8::7")
+    assert "RELAYCLIENT" not in _tcprulescheck(cdb, "192.0.2.1")
+
+
+TEMPS = {
+    "sendmail": [".popbs.access.abc123_x", ".popbs.access.abc123_x.db"],
+    "exim": [".popbs.lsearch.abc123_x"],
+    "qmail": [".popbs.tcprules.abc123_x", ".popbs.cdb.abc123_x"],
+}
+
+
+def test_temp_files_of_a_killed_run_are_removed(mta_setup: MtaSetup) -> None:
+    setup = mta_setup
+    old = [setup.map_dir / name for name in [".popbs.abc123_x", *TEMPS[setup.mta]]]
+    young = setup.map_dir / ".popbs.young123"
+    for path in (*old, young):
+        path.write_bytes(b"")
+    for path in old:
+        os.utime(path, (1, 1))
+
+    setup.popbs("publish", "--now", NOW, check=True)
+    assert not [path.name for path in old if path.exists()]
+    assert young.exists()
