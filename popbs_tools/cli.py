@@ -383,9 +383,10 @@ def prune(config: Settings) -> int:
 @_setting_options
 @_command
 def publish(config: Settings) -> int:
-    """Build the map Postfix reads from the grant file (what sync does).
+    """Build the map the MTA reads from the grant file (what sync does).
 
-    Creates an empty table when there is no grant file yet.
+    Creates an empty table when there is no grant file yet. With --mta
+    sendmail, exim or qmail, builds that MTA's table (see popbs(8)).
     """
     jobs.publish_now(config)
     return 0

@@ -3,13 +3,14 @@
 # real smtpd), Dovecot (a real POP3/IMAP server writing a real log),
 # systemd-journal-remote (real journal files for journalctl to read) and
 # ucspi-tcp-ipv6 (qmail's tcprules).
-#
-# Sendmail's makemap and Exim cannot be installed beside Postfix (each
-# package provides mail-transport-agent): their packages are unpacked with
-# dpkg -x into $POPBS_MTA_TOOLS (default /opt/popbs-mta-tools), one folder
-# each, and the tests run the binaries from there.
 # Their system services are never started: the tests run their own instances
 # on loopback, and a packaged service would listen on every interface.
+#
+# Sendmail and Exim cannot be installed beside Postfix (each package provides
+# mail-transport-agent), nor the original ucspi-tcp beside ucspi-tcp-ipv6:
+# those packages are unpacked with dpkg -x into $POPBS_MTA_TOOLS (default
+# /opt/popbs-mta-tools), one folder each, and the tests run the binaries from
+# there. Nothing of them is configured or started.
 set -eu
 
 packages="postfix postfix-lmdb postfix-cdb dovecot-core dovecot-pop3d dovecot-imapd
@@ -31,7 +32,8 @@ getent passwd Debian-exim >/dev/null || unpack="$unpack user"
 [ -z "$missing$unpack" ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
-    echo "missing Debian packages:$missing; install them as root" >&2
+    echo "missing Debian packages or unpacked tools:$missing$unpack;" \
+        "run this script as root" >&2
     exit 1
 fi
 
