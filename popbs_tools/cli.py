@@ -163,6 +163,12 @@ def _setting_options(command: F) -> F:
             help="Log each grant added or pruned to the system log "
             "(facility mail, ident popbs).",
         ),
+        click.option(
+            "--mta",
+            type=click.Choice(["postfix", "sendmail", "exim", "qmail"]),
+            help="The MTA whose table is built: postfix (default), sendmail "
+            "(makemap), exim (net-lsearch file) or qmail (tcprules).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -454,9 +460,10 @@ def prune(config: Settings) -> int:
 @_setting_options
 @_command
 def publish(config: Settings) -> int:
-    """Build the map Postfix reads from the grant file (what sync does).
+    """Build the map the MTA reads from the grant file (what sync does).
 
-    Creates an empty table when there is no grant file yet.
+    Creates an empty table when there is no grant file yet. With --mta
+    sendmail, exim or qmail, builds that MTA's table (see popbs(8)).
     """
     jobs.publish_now(config)
     return 0

@@ -16,7 +16,7 @@ from popbs_tools import (
     grants,
     locking,
     manual,
-    publish,
+    mtas,
     recognise,
     state,
 )
@@ -75,12 +75,10 @@ def update(
     old_data, new_data, change = planned(settings, edit)
     unchanged = new_data == old_data
     if publish_map:
-        current_map = publish.is_current(settings.map_path, settings.map_type)
+        current_map = mtas.is_current(settings)
         if unchanged and current_map and not force:
             return change
-        publish.publish(
-            settings.map_path, new_data, settings.map_type, settings.postmap
-        )
+        mtas.publish_grants(settings, new_data)
         return replace(change, written=True, published=True)
     if unchanged:
         return change

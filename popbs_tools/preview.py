@@ -8,7 +8,7 @@ the state and the grant file are only ever replaced whole, by rename.
 import logging
 from dataclasses import dataclass
 
-from popbs_tools import jobs, manual, publish, state
+from popbs_tools import jobs, manual, mtas, state
 from popbs_tools.grants import Grants
 from popbs_tools.scan import Found, scan_configured
 from popbs_tools.settings import Settings
@@ -67,7 +67,7 @@ def dry_run(settings: Settings, reset: bool = False) -> Preview:
     )
     rebuild = False
     if new_data == old_data:
-        rebuild = not publish.is_current(settings.map_path, settings.map_type)
+        rebuild = not mtas.is_current(settings)
         if rebuild:
             log.warning(
                 "the map of %s would be rebuilt: it is missing or older than "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from popbs_tools import postfix, timestamps
+from popbs_tools import mtas, postfix, timestamps
 from popbs_tools.addresses import IPNetwork, Policy, parse_network
 from popbs_tools.errors import SettingsError
 from popbs_tools.mynetworks import PostfixNetworks
@@ -37,6 +37,7 @@ KEYS = (
     "allow",
     "trust_mynetworks",
     "syslog",
+    "mta",
 )
 LISTS = ("log", "never_grant", "journal_file", "disable", "allow")
 DEFAULT_MAX_SESSION = "12h"
@@ -96,15 +97,22 @@ class Settings:
     max_read: int = 0
     rules: tuple[RuleSpec, ...] = ()
     syslog: bool = False
+    mta: str = "postfix"
 
     @property
     def map_type(self) -> str:
-        """The map type; Postfix is asked only when one is needed and not set."""
+        """The map type; Postfix is asked only when one is needed and not set.
+
+        Other MTAs have maps of their own (mtas.py): "none" means no Postfix
+        map, and postconf, which may not exist there, is never run.
+        """
+        if self.mta != "postfix":
+            return self.map_type_setting or "none"
         return self.map_type_setting or postfix.default_map_type()
 
     @property
     def postmap(self) -> Path | None:
-        if self.map_type == "none":
+        if self.mta != "postfix" or self.map_type == "none":
             return None
         return self.postmap_setting or postfix.default_postmap()
 
@@ -241,7 +249,9 @@ def resolve(
 
     networks = cidrs("never_grant")
     # Postfix's mynetworks is read only when a grant is considered (lazily).
-    trusted = PostfixNetworks() if flag("trust_mynetworks", True) else None
+    # Postfix's mynetworks means nothing to another MTA's relay rules.
+    postfix_mta = (pick("mta") or "postfix") == "postfix"
+    trusted = PostfixNetworks() if flag("trust_mynetworks", postfix_mta) else None
     policy = Policy.with_extra(networks, cidrs("allow"), trusted)
 
     map_type = pick("map_type")
@@ -289,10 +299,14 @@ def resolve(
     logs = tuple(Path(name) for name in pick("log") or ())
     if not logs and not journal:
         logs = default_logs()
+    mta = pick("mta") or "postfix"
+    if mta not in mtas.MTAS:
+        raise SettingsError(f"{bad('mta')}: {mta!r}; use one of {', '.join(mtas.MTAS)}")
+
     postmap = pick("postmap")
     return Settings(
         logs=logs,
-        map_path=Path(pick("map") or DEFAULT_MAP),
+        map_path=Path(pick("map") or mtas.default_map(mta)),
         map_type_setting=map_type,
         state_dir=Path(pick("state_dir") or DEFAULT_STATE_DIR),
         ttl=ttl,
@@ -307,6 +321,7 @@ def resolve(
         max_read=max_read,
         rules=tuple(rules),
         syslog=flag("syslog", False),
+        mta=mta,
     )
 
 
