@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from popbs_tools import __version__, grants, jobs, settings
+from popbs_tools import __version__, grants, jobs, lastrun, settings, status
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
     EXIT_INTERNAL,
@@ -267,7 +267,9 @@ def sync(config: Settings, reset: bool) -> int:
     Example:
       popbs sync --log /var/log/mail.log --map /etc/postfix/popbs
     """
-    jobs.sync(config, reset)
+    lastrun.recorded(
+        config.state_dir, config.now, "sync", lambda: jobs.sync(config, reset)
+    )
     return 0
 
 
@@ -471,3 +473,31 @@ def explain_(config: Settings, line: str | None) -> int:
             granted = granted or answer.grants
             out(f"{number}: {answer.text}")
     return 0 if granted else EXIT_NO
+
+
+@popbs.command(name="status")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object instead of text."
+)
+@_setting_options
+@_command
+def status_(config: Settings, as_json: bool) -> int:
+    """Where each log was read to, the last run, the grants, the map, the lock.
+
+    For each log: the offset reached and the file's size, the inode read,
+    the last rotation seen. Then the last sync and how it ended, the number
+    of grants, the map's age, and whether a run holds the lock now. Takes
+    no lock and writes nothing.
+
+    \b
+    Examples:
+      popbs status
+      popbs status --json | jq .lock.held
+    """
+    found = status.collect(config)
+    if as_json:
+        out(json.dumps(status.as_json(found), indent=1, sort_keys=True))
+    else:
+        for line in status.text_lines(found):
+            out(line)
+    return 0

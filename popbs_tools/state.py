@@ -78,6 +78,8 @@ class State:
     finished: Positions = field(default_factory=dict)
     # Since when each missing log has been missing (see scan.MISSING_WARN).
     missing: dict[str, float] = field(default_factory=dict)
+    # When each log was last seen rotated, by the run's clock (for `status`).
+    rotated: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> "State":
         return State(
@@ -88,10 +90,20 @@ class State:
             dict(self.pending),
             dict(self.finished),
             dict(self.missing),
+            dict(self.rotated),
         )
 
 
-BODY = ("logs", "cursors", "sessions", "learned", "pending", "finished", "missing")
+BODY = (
+    "logs",
+    "cursors",
+    "sessions",
+    "learned",
+    "pending",
+    "finished",
+    "missing",
+    "rotated",
+)
 
 
 def _position(fields: Any) -> Position:
@@ -130,15 +142,21 @@ def _pending(entries: Any) -> dict[str, list[object]]:
 
 
 def _missing(entries: Any) -> dict[str, float]:
+    return _times(entries, "missing-log times")
+
+
+def _times(entries: Any, what: str) -> dict[str, float]:
     if not isinstance(entries, dict) or not all(
-        isinstance(v, int | float) for v in entries.values()
+        isinstance(v, int | float) and not isinstance(v, bool) for v in entries.values()
     ):
-        raise ValueError("missing-log times are malformed")
+        raise ValueError(f"{what} are malformed")
     return {str(k): float(v) for k, v in entries.items()}
 
 
 def checksum_of(document: dict[str, Any]) -> str:
-    return _checksum({key: document.get(key) for key in BODY})
+    # Only the parts present: a file written before a part was added (such
+    # as "rotated") was summed without it, and stays readable.
+    return _checksum({key: document[key] for key in BODY if key in document})
 
 
 def _checksum(logs: dict[str, Any]) -> str:
@@ -245,6 +263,7 @@ def _read(path: Path) -> State:
                 for name, f in (document.get("finished") or {}).items()
             },
             missing=_missing(document.get("missing") or {}),
+            rotated=_times(document.get("rotated") or {}, "rotation times"),
         )
     except StateError:
         raise
@@ -285,6 +304,7 @@ def save(state_dir: Path, state: State) -> None:
         "pending": dict(sorted(state.pending.items())),
         "finished": {name: asdict(p) for name, p in sorted(state.finished.items())},
         "missing": dict(sorted(state.missing.items())),
+        "rotated": dict(sorted(state.rotated.items())),
     }
     document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
