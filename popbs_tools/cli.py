@@ -12,7 +12,16 @@ from typing import Any, TypeVar
 
 import click
 
-from popbs_tools import __version__, grants, jobs, lastrun, settings, status
+from popbs_tools import (
+    __version__,
+    doctor,
+    grants,
+    jobs,
+    lastrun,
+    schedule,
+    settings,
+    status,
+)
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
     EXIT_INTERNAL,
@@ -501,3 +510,36 @@ def status_(config: Settings, as_json: bool) -> int:
         for line in status.text_lines(found):
             out(line)
     return 0
+
+
+@popbs.command(name="doctor")
+@_setting_options
+@_command
+def doctor_(config: Settings) -> int:
+    """Check the installation around popbs; print a fix beside each problem.
+
+    Checks that postmap exists and Postfix supports the map type; that
+    main.cf's smtpd_relay_restrictions (smtpd_recipient_restrictions before
+    Postfix 2.10) and master.cf's -o overrides consult the map before
+    reject_unauth_destination; that the map is readable by Postfix and
+    writable only by root, and the state directory private; that the logs
+    can be read; that cron or a systemd timer runs popbs sync. Run it as
+    the user that runs sync. Exits 0 when all is well, 1 otherwise.
+
+    \b
+    Example:
+      popbs doctor --config /etc/popbs/popbs.conf
+    """
+    places = schedule.places(settings.environment())
+    results = doctor.run(doctor.context(config, places))
+    problems = 0
+    for name, findings in results:
+        if not findings:
+            out(f"ok       {name}")
+        for finding in findings:
+            problems += 1
+            out(f"problem  {finding.problem}")
+            out(f"  fix    {finding.fix}")
+    if problems:
+        out(f"{problems} problem{'s' if problems > 1 else ''} found")
+    return EXIT_NO if problems else 0

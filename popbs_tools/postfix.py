@@ -18,7 +18,8 @@ SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/opt/local/sbin", "/usr/pkg/sbin")
 
 
-def _postconf() -> str:
+def find_postconf() -> str:
+    """postconf's path, in PATH or in the usual sbin directories."""
     search = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
     found = shutil.which("postconf", path=search)
     if found is None:
@@ -31,7 +32,7 @@ def _postconf() -> str:
 @cache
 def postconf(name: str) -> str:
     """One main.cf parameter, read as Postfix reads it (MAIL_CONFIG included)."""
-    command = [_postconf(), "-h", name]
+    command = [find_postconf(), "-h", name]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
