@@ -47,6 +47,10 @@ def check_postmap(context: Context) -> list[Finding]:
         return [Finding("postconf not found", "install Postfix (apt install postfix)")]
     try:
         map_type = context.settings.map_type
+    except PopbsError as error:
+        fix = "give --map-type, or set default_database_type to hash"
+        return [Finding(str(error).split("; give")[0], fix)]
+    try:
         supported = conf.map_types()
     except PopbsError as error:
         return [Finding(str(error), "check the Postfix installation")]
@@ -75,10 +79,10 @@ def check_postmap(context: Context) -> list[Finding]:
 def check_main_cf(context: Context) -> list[Finding]:
     """main.cf's restriction lists consult the map before refusing relay."""
     conf = context.postconf
-    if conf is None:
+    wanted = _wanted(context.settings)
+    if conf is None or wanted is None:
         return []
     try:
-        wanted = _wanted(context.settings)
         classes = _classes(conf)
         found = []
         for parameter, barriers in _restriction_lists(conf, conf.value):
@@ -110,10 +114,10 @@ def check_main_cf(context: Context) -> list[Finding]:
 def check_master_cf(context: Context) -> list[Finding]:
     """smtpd services whose -o overrides replace the restriction lists."""
     conf = context.postconf
-    if conf is None:
+    wanted = _wanted(context.settings)
+    if conf is None or wanted is None:
         return []
     try:
-        wanted = _wanted(context.settings)
         classes = _classes(conf)
         found = []
         for service in conf.services():
@@ -218,8 +222,9 @@ def check_logs(context: Context) -> list[Finding]:
             found.append(
                 Finding(
                     f"cannot read log {path}: {error.strerror}",
-                    "run popbs sync as root (cron/popbs does), or make the log "
-                    "readable by its user",
+                    "make the log readable by the user that runs popbs sync "
+                    "(Debian's mail.log is readable by group adm), or run sync "
+                    "as root",
                 )
             )
     journal = settings.journal and not settings.journal_files
@@ -283,8 +288,13 @@ def context(settings: Settings, places: schedule.Places) -> Context:
     return Context(settings, places, conf)
 
 
-def _wanted(settings: Settings) -> str:
-    return restrictions.table(settings.map_type, str(settings.map_path))
+def _wanted(settings: Settings) -> str | None:
+    """The table main.cf should name; None when the map type is unknown."""
+    try:
+        map_type = settings.map_type
+    except PopbsError:
+        return None  # check_postmap says why
+    return restrictions.table(map_type, str(settings.map_path))
 
 
 def _classes(conf: Postconf) -> dict[str, list[str]]:
