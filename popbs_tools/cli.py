@@ -513,9 +513,12 @@ def status_(config: Settings, as_json: bool) -> int:
 
 
 @popbs.command(name="doctor")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object instead of text."
+)
 @_setting_options
 @_command
-def doctor_(config: Settings) -> int:
+def doctor_(config: Settings, as_json: bool) -> int:
     """Check the installation around popbs; print a fix beside each problem.
 
     Checks that postmap exists and Postfix supports the map type; that
@@ -527,19 +530,15 @@ def doctor_(config: Settings) -> int:
     the user that runs sync. Exits 0 when all is well, 1 otherwise.
 
     \b
-    Example:
-      popbs doctor --config /etc/popbs/popbs.conf
+    Examples:
+      popbs doctor
+      popbs doctor --config /etc/popbs/popbs.conf --json
     """
     places = schedule.places(settings.environment())
     results = doctor.run(doctor.context(config, places))
-    problems = 0
-    for name, findings in results:
-        if not findings:
-            out(f"ok       {name}")
-        for finding in findings:
-            problems += 1
-            out(f"problem  {finding.problem}")
-            out(f"  fix    {finding.fix}")
-    if problems:
-        out(f"{problems} problem{'s' if problems > 1 else ''} found")
-    return EXIT_NO if problems else 0
+    if as_json:
+        out(json.dumps(doctor.as_json(results), indent=1))
+    else:
+        for line in doctor.text_lines(results):
+            out(line)
+    return EXIT_NO if any(findings for _, findings in results) else 0

@@ -11,7 +11,7 @@ import pwd
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from popbs_tools import fsutil, postfix, restrictions, schedule
@@ -276,8 +276,34 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 )
 
 
-def run(context: Context) -> list[tuple[str, list[Finding]]]:
+Results = list[tuple[str, list[Finding]]]
+
+
+def run(context: Context) -> Results:
     return [(name, check(context)) for name, check in CHECKS]
+
+
+def text_lines(results: Results) -> list[str]:
+    """`ok` for a check that found nothing; each problem with its fix below."""
+    lines = []
+    for name, findings in results:
+        if not findings:
+            lines.append(f"ok       {name}")
+        for finding in findings:
+            lines.append(f"problem  {finding.problem}")
+            lines.append(f"  fix    {finding.fix}")
+    count = sum(len(findings) for _, findings in results)
+    if count:
+        lines.append(f"{count} problem{'s' if count > 1 else ''} found")
+    return lines
+
+
+def as_json(results: Results) -> dict[str, object]:
+    checks = [
+        {"check": name, "ok": not findings, "findings": [asdict(f) for f in findings]}
+        for name, findings in results
+    ]
+    return {"ok": all(check["ok"] for check in checks), "checks": checks}
 
 
 def context(settings: Settings, places: schedule.Places) -> Context:

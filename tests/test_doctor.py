@@ -5,6 +5,7 @@ reads (through MAIL_CONFIG), a map built by the real postmap, a state dir
 made by a real sync, a cron.d file (the repository's own cron/popbs).
 """
 
+import json
 import os
 import shlex
 import shutil
@@ -200,6 +201,35 @@ def test_empty_relay_list_moves_the_check_to_recipient_restrictions(
     )
     done = good.doctor()
     assert done.returncode == 0, done.stdout
+
+
+def test_before_postfix_2_10_the_recipient_list_decides(good: Installation) -> None:
+    # postconf reports mail_version as main.cf sets it: here, what an old
+    # Postfix would report. Its relay list does not count then.
+    good.write_main_cf(
+        extra="mail_version = 2.9.4\n"
+        "smtpd_recipient_restrictions = permit_mynetworks, "
+        "reject_unauth_destination\n"
+    )
+    problem, fix = only_finding(good)
+    assert problem == (
+        "main.cf: smtpd_recipient_restrictions has no check_client_access "
+        f"hash:{good.map}"
+    )
+    run_fix(good, fix)
+    assert good.doctor().returncode == 0
+
+
+def test_json_report(good: Installation) -> None:
+    good.db.chmod(0o600)
+    done = good.popbs("doctor", "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["ok"] is False
+    assert [check["check"] for check in report["checks"]] == list(CHECKS)
+    failed = [check for check in report["checks"] if not check["ok"]]
+    assert [check["check"] for check in failed] == ["map and state permissions"]
+    assert failed[0]["findings"][0]["fix"].startswith(f"chmod 644 {good.db}")
 
 
 def test_restriction_class_and_variable_are_followed(good: Installation) -> None:
