@@ -27,7 +27,7 @@ T = TypeVar("T")
 class LastRun:
     command: str
     time: float  # the run's clock (settings.now)
-    result: str  # "ok", "busy" (another run held the lock) or "error"
+    result: str  # "ok" or "error"
     exit_code: int
     message: str = ""
     seconds: float = 0.0
@@ -38,7 +38,8 @@ def recorded(
 ) -> T | None:
     """Call `run` and record how it ended; errors pass on unchanged.
 
-    `run` returning None means another run held the lock.
+    `run` returning None means another run held the lock: such a run
+    touches nothing (popbs(8)), so the record stays the holder's to write.
     """
     started = time.monotonic()
 
@@ -57,7 +58,8 @@ def recorded(
     except Exception as error:
         note("error", EXIT_INTERNAL, f"internal error: {type(error).__name__}")
         raise
-    note("busy" if value is None else "ok", 0)
+    if value is not None:
+        note("ok", 0)
     return value
 
 

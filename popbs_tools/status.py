@@ -314,8 +314,6 @@ def _last_run(run: LastRun | None, now: float) -> str:
     when = f"{run.command} at {_when(run.time, now)}"
     if run.result == "ok":
         return f"{when}: ok{took}"
-    if run.result == "busy":
-        return f"{when}: skipped, another run held the lock"
     return f"{when}: failed with exit code {run.exit_code}: {run.message}"
 
 

@@ -131,14 +131,15 @@ def test_lock_held_by_another_process_is_shown_without_disturbing_it(
     assert status(setup)["lock"]["held"] is False
 
 
-def test_a_sync_skipped_for_the_lock_is_recorded(setup: Setup) -> None:
+def test_a_sync_skipped_for_the_lock_leaves_the_record_alone(setup: Setup) -> None:
     setup.append(dovecot_line("198.51.100.7"))
     sync(setup)
+    record = setup.state_dir / "last-run.json"
+    before = record.read_bytes()
     with lock_held(setup):
-        sync(setup)
-    run = status(setup)["last_run"]
-    assert (run["result"], run["exit_code"]) == ("busy", 0)
-    assert "skipped, another run held the lock" in "\n".join(text(setup))
+        sync(setup, "2026-12-04T14:50:00")
+    assert record.read_bytes() == before
+    assert status(setup)["last_run"]["result"] == "ok"
 
 
 def test_a_failed_sync_is_recorded_with_its_message_and_exit_code(
