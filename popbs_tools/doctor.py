@@ -46,11 +46,16 @@ def check_postmap(context: Context) -> list[Finding]:
     if conf is None:
         return [Finding("postconf not found", "install Postfix (apt install postfix)")]
     try:
+        default = conf.value("default_database_type")
+        if not context.settings.map_type_setting and default not in postfix.SUFFIXES:
+            return [
+                Finding(
+                    f"Postfix's default_database_type is {default!r}, which popbs "
+                    "cannot build",
+                    "give --map-type, or set default_database_type to hash",
+                )
+            ]
         map_type = context.settings.map_type
-    except PopbsError as error:
-        fix = "give --map-type, or set default_database_type to hash"
-        return [Finding(str(error).split("; give")[0], fix)]
-    try:
         supported = conf.map_types()
     except PopbsError as error:
         return [Finding(str(error), "check the Postfix installation")]
@@ -89,7 +94,7 @@ def check_main_cf(context: Context) -> list[Finding]:
             items = restrictions.tokens(conf.value(parameter))
             problem = _placement(
                 restrictions.expand(items, classes),
-                conf.written(parameter),
+                (conf.written(parameter), conf.value(parameter)),
                 wanted,
                 barriers,
             )
@@ -143,7 +148,7 @@ def _service_findings(
         items = restrictions.tokens(service.overrides[parameter])
         problem = _placement(
             restrictions.expand(items, classes),
-            service.written.get(parameter, ""),
+            (service.written.get(parameter, ""), service.overrides[parameter]),
             wanted,
             barriers,
             compact=True,
@@ -170,16 +175,24 @@ def _service_findings(
 
 def _placement(
     items: list[str],
-    written: str,
+    forms: tuple[str, str],
     wanted: str,
     barriers: tuple[str, ...],
     compact: bool = False,
 ) -> tuple[str, str | None] | None:
-    """None if the check is placed well; else what is wrong and a fixed list."""
+    """None if the check is placed well; else what is wrong and a fixed list.
+
+    The fixed list is made from the list as written, so that its $names
+    stay; else (a default such as ${{$compatibility_level} ...}) from the
+    expanded one, which is the same list today.
+    """
     verdict = restrictions.judge(items, wanted, barriers)
     if verdict.problem is None:
         return None
+    written, expanded = forms
     fixed = restrictions.corrected(written, wanted, barriers, compact)
+    if fixed is None:
+        fixed = restrictions.corrected(expanded, wanted, barriers, compact)
     return verdict.problem, fixed
 
 
@@ -245,9 +258,7 @@ def check_schedule(context: Context) -> list[Finding]:
     found = schedule.find(context.places)
     if found.runs:
         return []
-    findings = [
-        Finding(f"ignored: {entry}", "rename or fix it") for entry in found.ignored
-    ]
+    findings = [Finding(f"ignored: {problem}", fix) for problem, fix in found.ignored]
     if found.disabled_timer:
         findings.append(
             Finding(
@@ -358,7 +369,12 @@ def _map_file(path: Path, owner: str) -> list[Finding]:
     found = []
     unsafe = fsutil.unsafe(path)
     if unsafe:
-        found.append(Finding(f"{path}: {unsafe}", f"chmod o-w {path.parent}"))
+        fix = (
+            f"replace the link {path} by root's own file"
+            if "link" in unsafe
+            else f"chmod o-w {path.parent}"
+        )
+        found.append(Finding(f"{path}: {unsafe}", fix))
     if info.st_uid not in (0, os.geteuid()):
         found.append(
             Finding(

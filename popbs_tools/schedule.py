@@ -62,7 +62,8 @@ def places(environ: Mapping[str, str]) -> Places:
 @dataclass
 class Schedule:
     runs: list[str] = field(default_factory=list)  # where sync is scheduled
-    ignored: list[str] = field(default_factory=list)  # entries that never run
+    # Entries that never run: why, and what to do.
+    ignored: list[tuple[str, str]] = field(default_factory=list)
     disabled_timer: str | None = None  # a popbs.timer not enabled
 
 
@@ -79,8 +80,11 @@ def find(where: Places) -> Schedule:
                 continue
             if path.is_dir() and not _CRON_D_NAME.fullmatch(crontab.name):
                 found.ignored.append(
-                    f"{crontab}: cron skips files whose names have characters "
-                    "other than letters, digits, - and _"
+                    (
+                        f"{crontab}: cron skips files whose names have characters "
+                        "other than letters, digits, - and _",
+                        f"mv {crontab} {path / 'popbs'}",
+                    )
                 )
             else:
                 found.runs.append(str(crontab))
@@ -114,7 +118,12 @@ def _timer(units: tuple[Path, ...], found: Schedule) -> None:
         return
     service = next((d / SERVICE for d in units if (d / SERVICE).is_file()), None)
     if service is None or not _execs_sync(service):
-        found.ignored.append(f"{timer}: its {SERVICE} does not run popbs sync")
+        found.ignored.append(
+            (
+                f"{timer}: its {SERVICE} is missing or does not run popbs sync",
+                f"install cron/{SERVICE} beside it, with ExecStart=popbs sync",
+            )
+        )
         return
     # `systemctl enable` links the timer into timers.target.wants.
     enabled = any((d / "timers.target.wants" / TIMER).exists() for d in units)

@@ -153,6 +153,21 @@ def test_missing_check_client_access(good: Installation) -> None:
     assert good.doctor().returncode == 0
 
 
+def test_postfix_default_relay_list(good: Installation) -> None:
+    # A fresh main.cf: the list is Postfix's default, written as a
+    # compatibility_level condition; the fix spells it out.
+    good.write_main_cf(restrictions="")
+    problem, fix = only_finding(good)
+    assert problem.startswith("main.cf: smtpd_relay_restrictions has no")
+    assert fix.startswith(
+        "postconf -e 'smtpd_relay_restrictions = permit_mynetworks, "
+        f"permit_sasl_authenticated, check_client_access hash:{good.map}, "
+        "defer_unauth_destination'"
+    )
+    run_fix(good, fix)
+    assert good.doctor().returncode == 0
+
+
 def test_check_after_reject_unauth_destination(good: Installation) -> None:
     good.write_main_cf(
         restrictions="smtpd_relay_restrictions = permit_mynetworks,\n"
@@ -339,7 +354,9 @@ def test_cron_d_file_whose_name_cron_ignores(good: Installation) -> None:
     (cron_d / "popbs").rename(cron_d / "popbs.cron")
     done = good.doctor()
     assert done.returncode == 1
-    assert f"ignored: {cron_d / 'popbs.cron'}: cron skips files" in done.stdout
+    problem, fix = findings(done)[0]
+    assert problem.startswith(f"ignored: {cron_d / 'popbs.cron'}: cron skips files")
+    assert fix == f"mv {cron_d / 'popbs.cron'} {cron_d / 'popbs'}"
 
 
 def test_entry_in_the_system_crontab(good: Installation) -> None:
@@ -371,6 +388,17 @@ def test_systemd_timer_disabled_then_enabled(good: Installation) -> None:
     (units / "timers.target.wants").mkdir()
     (units / "timers.target.wants" / "popbs.timer").symlink_to(units / "popbs.timer")
     assert good.doctor().returncode == 0
+
+
+def test_map_in_a_directory_anyone_may_write(good: Installation) -> None:
+    good.map_dir.chmod(0o777)
+    done = good.doctor()
+    assert done.returncode == 1
+    problem, fix = findings(done)[0]
+    assert (
+        problem == f"{good.map}: {good.map_dir} is writable by everyone and not sticky"
+    )
+    assert fix == f"chmod o-w {good.map_dir}"
 
 
 def test_missing_log(good: Installation) -> None:
