@@ -241,3 +241,24 @@ def test_state_written_by_an_older_popbs_stays_readable(
     assert (done.returncode, done.stderr) == (0, "")
     assert setup.query("198.51.100.8") is not None
     assert "rotated" in json.loads(path.read_text())
+
+
+def test_without_proc_locks_the_lock_is_tried_and_dropped(
+    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake: a system without /proc cannot be made here; only the path
+    # status reads it from is changed.
+    from popbs_tools import status as status_module
+
+    monkeypatch.setattr(status_module, "PROC_LOCKS", tmp_path / "no-proc-locks")
+    setup.state_dir.mkdir()
+    lock = setup.state_dir / "lock"
+    with lock_held(setup):
+        held = status_module.lock_status(lock)
+    assert (held.held, held.holder) == (True, None)
+    free = status_module.lock_status(lock)
+    assert (free.held, free.holder) == (False, None)
+    # The probe released what it took: a sync can lock at once.
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
