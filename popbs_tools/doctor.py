@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from popbs_tools import fsutil, postfix, restrictions, schedule
+from popbs_tools import fsutil, postfix, restrictions, scanner, schedule
 from popbs_tools.errors import PopbsError
 from popbs_tools.postconf import Postconf, PostconfError, Service
 from popbs_tools.settings import Settings
@@ -221,7 +221,8 @@ def check_logs(context: Context) -> list[Finding]:
     found = []
     for path in settings.logs:
         try:
-            with open(path, "rb") as handle:
+            # As sync opens it: a FIFO must not hang doctor either.
+            with scanner.open_log(path) as handle:
                 handle.read(1)
         except FileNotFoundError:
             found.append(
@@ -231,13 +232,20 @@ def check_logs(context: Context) -> list[Finding]:
                     "daemon, read the journal with --journal)",
                 )
             )
-        except OSError as error:
+        except PermissionError as error:
             found.append(
                 Finding(
                     f"cannot read log {path}: {error.strerror}",
                     "make the log readable by the user that runs popbs sync "
                     "(Debian's mail.log is readable by group adm), or run sync "
                     "as root",
+                )
+            )
+        except OSError as error:
+            found.append(
+                Finding(
+                    f"cannot read log {path}: {error.strerror}",
+                    "give --log the log file itself: popbs reads regular files",
                 )
             )
     journal = settings.journal and not settings.journal_files

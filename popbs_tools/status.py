@@ -108,8 +108,7 @@ def _log(path: Path, saved: state.State) -> LogStatus:
         size = info.st_size
         if position is not None and position.ino:
             same = (info.st_dev, info.st_ino) == (position.dev, position.ino)
-        with open(path, "rb"):
-            pass
+        scanner.open_log(path).close()
     except OSError as error:
         problem = error.strerror
     finished = saved.finished.get(key)

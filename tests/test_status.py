@@ -164,7 +164,7 @@ def test_a_failed_sync_is_recorded_with_its_message_and_exit_code(
         f"last run   sync at {run_time(run)} (0s ago): failed with exit code 3: "
         f"cannot read log {setup.log}: not a regular file"
     ) in lines
-    assert "  file     cannot look at it: Is a directory" in lines
+    assert "  file     cannot look at it: not a regular file" in lines
 
 
 def run_time(run: dict[str, Any]) -> str:
