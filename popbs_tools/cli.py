@@ -15,12 +15,16 @@ import click
 from popbs_tools import (
     __version__,
     audit,
+    doctor,
     grants,
     jobs,
+    lastrun,
     manual,
     preview,
     progress,
+    schedule,
     settings,
+    status,
 )
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
@@ -335,7 +339,9 @@ def sync(config: Settings, reset: bool, dry_run: bool, watch: str | None) -> int
             raise SettingsError("--dry-run and --watch do not go together")
         return _dry_run(config, reset)
     if watch is None:
-        jobs.sync(config, reset)
+        lastrun.recorded(
+            config.state_dir, config.now, "sync", lambda: jobs.sync(config, reset)
+        )
         return 0
     try:
         length = parse_duration(watch)
@@ -343,7 +349,9 @@ def sync(config: Settings, reset: bool, dry_run: bool, watch: str | None) -> int
         raise SettingsError(f"bad --watch: {error}") from None
     if reset:
         raise SettingsError("--reset and --watch do not go together")
-    jobs.watch(config, length)
+    lastrun.recorded(
+        config.state_dir, config.now, "sync", lambda: jobs.watch(config, length)
+    )
     return 0
 
 
@@ -632,3 +640,63 @@ def explain_(config: Settings, line: str | None) -> int:
             granted = granted or answer.grants
             out(f"{number}: {answer.text}")
     return 0 if granted else EXIT_NO
+
+
+@popbs.command(name="status")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object instead of text."
+)
+@_setting_options
+@_command
+def status_(config: Settings, as_json: bool) -> int:
+    """Where each log was read to, the last run, the grants, the map, the lock.
+
+    For each log: the offset reached and the file's size, the inode read,
+    the last rotation seen. Then the last sync and how it ended, the number
+    of grants, the map's age, and whether a run holds the lock now. Takes
+    no lock and writes nothing.
+
+    \b
+    Examples:
+      popbs status
+      popbs status --json | jq .lock.held
+    """
+    found = status.collect(config)
+    if as_json:
+        out(json.dumps(status.as_json(found), indent=1, sort_keys=True))
+    else:
+        for line in status.text_lines(found):
+            out(line)
+    return 0
+
+
+@popbs.command(name="doctor")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object instead of text."
+)
+@_setting_options
+@_command
+def doctor_(config: Settings, as_json: bool) -> int:
+    """Check the installation around popbs; print a fix beside each problem.
+
+    Checks that postmap exists and Postfix supports the map type; that
+    main.cf's smtpd_relay_restrictions (smtpd_recipient_restrictions before
+    Postfix 2.10) and master.cf's -o overrides consult the map before
+    reject_unauth_destination; that the map is readable by Postfix and
+    writable only by root, and the state directory private; that the logs
+    can be read; that cron or a systemd timer runs popbs sync. Run it as
+    the user that runs sync. Exits 0 when all is well, 1 otherwise.
+
+    \b
+    Examples:
+      popbs doctor
+      popbs doctor --config /etc/popbs/popbs.conf --json
+    """
+    places = schedule.places(settings.environment())
+    results = doctor.run(doctor.context(config, places))
+    if as_json:
+        out(json.dumps(doctor.as_json(results), indent=1))
+    else:
+        for line in doctor.text_lines(results):
+            out(line)
+    return EXIT_NO if any(findings for _, findings in results) else 0

@@ -18,7 +18,8 @@ SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/opt/local/sbin", "/usr/pkg/sbin")
 
 
-def _postconf() -> str:
+def find_postconf() -> str:
+    """postconf's path, in PATH or in the usual sbin directories."""
     search = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
     found = shutil.which("postconf", path=search)
     if found is None:
@@ -35,7 +36,7 @@ def postconf(name: str, expand: bool = False) -> str:
     With `expand`, $name references in the value are expanded (postconf -x,
     Postfix 2.10 and later).
     """
-    command = [_postconf(), "-xh" if expand else "-h", name]
+    command = [find_postconf(), "-xh" if expand else "-h", name]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:

@@ -177,6 +177,8 @@ def scan_configured(
             else:
                 current.finished[key] = reader.finished
             _note_missing(key, reader.missing, current, interpreter.now)
+            if reader.rotated:
+                current.rotated[key] = interpreter.now
         if journal_source is not None:
             yield from _journal_items(journal_source, saved, current, from_start)
         assert interpreter.tracker is not None and interpreter.pairs is not None

@@ -401,6 +401,8 @@ class LogScan:
     position: Position | None = None
     finished: Position | None = None
     missing: bool = False
+    # Whether reading moved on to a new generation of the log this time.
+    rotated: bool = False
 
     def __post_init__(self) -> None:
         self.finished = self.finished_before
@@ -421,6 +423,7 @@ class LogScan:
             if self.saved is not None:
                 if self._emptied_and_rotated(stat):
                     yield from self._read_by_inode()
+                    self.rotated = True
                 elif holds(handle, self.saved):
                     start = self.saved.offset
                     if start == stat.st_size:
@@ -495,8 +498,10 @@ class LogScan:
                 log.info("reading %s, rotated since the last run", newer)
                 yield from self._read_generation(newer, 0)
             self.position = START
+            self.rotated = True
             return
         if self.path.exists():
+            self.rotated = True
             log.warning(
                 "%s was truncated or replaced and no rotated copy holds the rest; "
                 "reading it from the start",

@@ -82,6 +82,8 @@ class State:
     # when); see manual.py.
     manual: dict[str, float] = field(default_factory=dict)
     revoked: dict[str, float] = field(default_factory=dict)
+    # When each log was last seen rotated, by the run's clock (for `status`).
+    rotated: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> "State":
         return State(
@@ -94,13 +96,22 @@ class State:
             dict(self.missing),
             dict(self.manual),
             dict(self.revoked),
+            dict(self.rotated),
         )
 
 
-BODY = ("logs", "cursors", "sessions", "learned", "pending", "finished", "missing")
-# Added later: counted in the checksum only when present, so that a state
-# file written before they existed still reads.
-LATER = ("manual", "revoked")
+BODY = (
+    "logs",
+    "cursors",
+    "sessions",
+    "learned",
+    "pending",
+    "finished",
+    "missing",
+    "manual",
+    "revoked",
+    "rotated",
+)
 
 
 def _position(fields: Any) -> Position:
@@ -147,9 +158,9 @@ def _times(entries: Any, what: str) -> dict[str, float]:
 
 
 def checksum_of(document: dict[str, Any]) -> str:
-    body = {key: document.get(key) for key in BODY}
-    body.update({key: document[key] for key in LATER if key in document})
-    return _checksum(body)
+    # Only the parts present: a file written before a part was added (such
+    # as "rotated") was summed without it, and stays readable.
+    return _checksum({key: document[key] for key in BODY if key in document})
 
 
 def _checksum(logs: dict[str, Any]) -> str:
@@ -258,6 +269,7 @@ def _read(path: Path) -> State:
             missing=_times(document.get("missing") or {}, "missing-log times"),
             manual=_times(document.get("manual") or {}, "hand grants"),
             revoked=_times(document.get("revoked") or {}, "revocations"),
+            rotated=_times(document.get("rotated") or {}, "rotation times"),
         )
     except StateError:
         raise
@@ -314,6 +326,7 @@ def save(state_dir: Path, state: State) -> None:
         "missing": dict(sorted(state.missing.items())),
         "manual": dict(sorted(state.manual.items())),
         "revoked": dict(sorted(state.revoked.items())),
+        "rotated": dict(sorted(state.rotated.items())),
     }
     document["checksum"] = checksum_of(document)
     data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
