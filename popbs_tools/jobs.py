@@ -249,8 +249,9 @@ def _watch_locked(
         now = settings.now + time.monotonic() - origin
         return dataclasses.replace(settings, now=now)
 
-    change = _sync_locked(at_now())
+    # Taken before each pass: what changes during a pass is seen after it.
     seen = _fingerprint(settings)
+    change = _sync_locked(at_now())
     last_pass = time.monotonic()
     while time.monotonic() + poll < deadline:
         time.sleep(poll)

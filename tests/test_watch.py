@@ -236,3 +236,28 @@ def test_a_wall_clock_step_changes_nothing_in_the_watch(
     writer.join()
     assert 2.5 < time.monotonic() - started < 10
     assert setup.query(ALICE) is not None
+
+
+def test_a_line_written_during_a_pass_is_seen_after_it(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A login logged while a pass runs is published by the next pass.
+
+    The line is written at that exact moment by wrapping the real pass.
+    """
+    config = resolved(setup)
+    monkeypatch.setenv("MAIL_CONFIG", str(setup.mail_config))
+    real_pass = jobs._sync_locked
+    passes = []
+
+    def pass_then_log(settings_now: settings.Settings) -> jobs.Change:
+        change = real_pass(settings_now)
+        if not passes:
+            setup.append(now_line(ALICE))
+        passes.append(change)
+        return change
+
+    monkeypatch.setattr(jobs, "_sync_locked", pass_then_log)
+    jobs.watch(config, length=2, poll=0.05, idle_pass=600)
+    assert len(passes) >= 2
+    assert setup.query(ALICE) is not None
