@@ -1,13 +1,14 @@
 #!/bin/sh
 # Install the Debian packages the tests run for real: Postfix (postmap and a
-# real smtpd), Dovecot (a real POP3/IMAP server writing a real log) and
-# systemd-journal-remote (real journal files for journalctl to read).
+# real smtpd), Dovecot (a real POP3/IMAP server writing a real log),
+# systemd-journal-remote (real journal files for journalctl to read) and
+# man-db (man --warnings checks that the man pages render cleanly).
 # Their system services are never started: the tests run their own instances
 # on loopback, and a packaged service would listen on every interface.
 set -eu
 
 packages="postfix postfix-lmdb postfix-cdb dovecot-core dovecot-pop3d dovecot-imapd
-    systemd-journal-remote zstd"
+    systemd-journal-remote zstd man-db"
 missing=""
 for package in $packages; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
