@@ -42,7 +42,7 @@ KEYS = (
 LISTS = ("log", "never_grant", "journal_file", "disable", "allow")
 DEFAULT_MAX_SESSION = "12h"
 # A flood of logins (an attack, a botnet of compromised accounts) must not
-# grow the map without bound; see popbs(8), "--max-grants".
+# grow the map without bound; see popbs.conf(5), "max_grants".
 DEFAULT_MAX_GRANTS = 100_000
 # A config section "[rule NAME]" adds a recognition rule with these keys.
 RULE_PREFIX = "rule "

@@ -2,7 +2,8 @@
 # Install the Debian packages the tests run for real: Postfix (postmap and a
 # real smtpd), Dovecot (a real POP3/IMAP server writing a real log),
 # systemd-journal-remote (real journal files for journalctl to read) and
-# ucspi-tcp-ipv6 (qmail's tcprules).
+# ucspi-tcp-ipv6 (qmail's tcprules) and man-db (man --warnings checks that the
+# man pages render cleanly).
 # Their system services are never started: the tests run their own instances
 # on loopback, and a packaged service would listen on every interface.
 #
@@ -14,7 +15,7 @@
 set -eu
 
 packages="postfix postfix-lmdb postfix-cdb dovecot-core dovecot-pop3d dovecot-imapd
-    systemd-journal-remote zstd ucspi-tcp-ipv6 libidn12"
+    systemd-journal-remote zstd ucspi-tcp-ipv6 libidn12 man-db"
 tools=${POPBS_MTA_TOOLS:-/opt/popbs-mta-tools}
 # folder: packages unpacked into it
 unpacked="sendmail:sendmail-bin exim:exim4-daemon-light ucspi-tcp:ucspi-tcp"
