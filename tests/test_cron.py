@@ -63,7 +63,7 @@ def test_the_cron_entry_runs_sync_every_minute_as_root() -> None:
         for line in text.splitlines()
         if line.strip() and not line.startswith("#") and "=" not in line.split()[0]
     ]
-    assert entries == [["*", "*", "*", "*", "*", "root", "popbs sync"]]
+    assert entries == [["*", "*", "*", "*", "*", "root", "popbs sync --watch 65s"]]
     path_line = next(line for line in text.splitlines() if line.startswith("PATH="))
     assert {"/usr/local/sbin", "/usr/sbin"} <= set(path_line[5:].split(":"))
 
@@ -72,7 +72,9 @@ def test_the_service_runs_sync_once_as_root() -> None:
     service = _unit(SERVICE)["Service"]
 
     assert service["Type"] == "oneshot"
-    assert service["ExecStart"].split() == [INSTALLED, "sync"]
+    # It must end before the timer's next minute: a timer does not start its
+    # service while that still runs.
+    assert service["ExecStart"].split() == [INSTALLED, "sync", "--watch", "59s"]
     assert service.get("User", "root") == "root"
 
 
