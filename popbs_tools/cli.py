@@ -446,10 +446,7 @@ def merge(config: Settings, files: tuple[str, ...]) -> int:
         else:
             accepted.append((key, when))
 
-    def edit(current: grants.Grants) -> grants.Grants:
-        return grants.merge(current, accepted, config.now)
-
-    change = jobs.locked_update(config, edit, publish_map=False)
+    change = jobs.merge_logins(config, accepted)
     jobs.audited(change, {})
     return 0
 
@@ -522,9 +519,25 @@ def grant(config: Settings, address: str, ttl: str | None) -> int:
     except ValueError as error:
         raise SettingsError(f"bad --ttl: {error}") from None
     until = config.now + seconds
-    jobs.request(config, manual.Request(manual.GRANT, key, config.now, until))
+    wanted = manual.Request(manual.GRANT, key, config.now, until, manual.requester())
+    jobs.request(config, wanted)
     log.info("granted %s until %s", key, format_local(until))
     return 0
+
+
+def _own_help(command: click.Command, name: str, text: str) -> None:
+    """Give a common option its own help in one command."""
+    for param in command.params:
+        if param.name == name and isinstance(param, click.Option):
+            param.help = text
+
+
+_own_help(
+    grant,
+    "ttl",
+    "How long this grant lasts: 90s, 30m, 2h, 1d or seconds; default the TTL. "
+    "Other grants keep the TTL of the environment or config file.",
+)
 
 
 @popbs.command()
@@ -540,7 +553,8 @@ def revoke(config: Settings, address: str) -> int:
     key = normalise(address)
     if key is None:
         raise SettingsError(f"{address!r} is not an IP address")
-    jobs.request(config, manual.Request(manual.REVOKE, key, config.now))
+    wanted = manual.Request(manual.REVOKE, key, config.now, by=manual.requester())
+    jobs.request(config, wanted)
     log.info("revoked %s", key)
     return 0
 

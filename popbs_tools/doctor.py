@@ -5,6 +5,7 @@ fix it. Run doctor as the user that runs `popbs sync` (root from cron.d): the
 state directory's owner and the logs' readability are judged for that user.
 """
 
+import contextlib
 import grp
 import os
 import pwd
@@ -203,6 +204,9 @@ def check_permissions(context: Context) -> list[Finding]:
         owner = context.postconf.value("mail_owner") if context.postconf else ""
     except PopbsError:
         owner = ""
+    if settings.mta != "postfix":
+        # Which user reads the table is the other MTA's business.
+        owner = "root"
     found = []
     try:
         built = postfix.map_file(settings.map_path, settings.map_type)
@@ -298,8 +302,17 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 Results = list[tuple[str, list[Finding]]]
 
 
+# Checks of Postfix's own set-up: with another MTA (--mta) they do not apply.
+POSTFIX_ONLY = {check_postmap, check_main_cf, check_master_cf}
+
+
 def run(context: Context) -> Results:
-    return [(name, check(context)) for name, check in CHECKS]
+    postfix_mta = context.settings.mta == "postfix"
+    return [
+        (name, check(context))
+        for name, check in CHECKS
+        if postfix_mta or check not in POSTFIX_ONLY
+    ]
 
 
 def text_lines(results: Results) -> list[str]:
@@ -326,10 +339,10 @@ def as_json(results: Results) -> dict[str, object]:
 
 
 def context(settings: Settings, places: schedule.Places) -> Context:
-    try:
-        conf: Postconf | None = Postconf()
-    except PostconfError:
-        conf = None
+    conf: Postconf | None = None
+    if settings.mta == "postfix":
+        with contextlib.suppress(PostconfError):
+            conf = Postconf()
     return Context(settings, places, conf)
 
 

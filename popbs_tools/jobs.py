@@ -317,6 +317,7 @@ def _sync_locked(settings: Settings) -> Change:
     # Grants and revocations queued by hand meanwhile (see manual.py).
     requests = manual.queued(settings.state_dir)
     manual.apply(requests, current)
+    logins.update(manual.audit_names(requests))
 
     edit = sync_edit(settings, reader, current, latest)
     change = update(settings, edit, publish_map=True)
@@ -446,6 +447,33 @@ def _load_quietly(state_dir: Path) -> state.State:
     return state.load(state_dir, repair=False)
 
 
+def merge_logins(
+    settings: Settings, logins: list[tuple[str, float]], publish_map: bool = False
+) -> Change:
+    """Merge logins given by hand, as a sync merges those it reads.
+
+    A revoked address stays revoked unless its login came after the
+    revocation (which it then lifts).
+    """
+    try:
+        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
+            saved = state.load(settings.state_dir)
+            current = saved.copy()
+            kept = manual.not_revoked(logins, current)
+            change = update(
+                settings,
+                lambda table: grants.merge(table, kept, settings.now),
+                publish_map,
+            )
+            if current != saved:
+                state.save(settings.state_dir, current)
+            return change
+    except locking.Busy:
+        raise StateError(
+            f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; try again"
+        ) from None
+
+
 def locked_update(
     settings: Settings,
     edit: Callable[[Grants], Grants],
@@ -499,6 +527,7 @@ def _apply_requests(settings: Settings) -> Change:
         lambda table: manual.adjust(table, current, settings.now, settings.ttl),
         publish_map=True,
     )
+    audited(change, manual.audit_names(requests))
 
     if current != saved:
         state.save(settings.state_dir, current)
@@ -526,7 +555,10 @@ def expiries(settings: Settings) -> dict[str, float]:
 
 def publish_now(settings: Settings) -> None:
     """Rebuild the map from the grant file, pruned (an empty one if absent)."""
-    locked_update(settings, lambda current: current, publish_map=True, force=True)
+    change = locked_update(
+        settings, lambda current: current, publish_map=True, force=True
+    )
+    audited(change, {})
 
 
 def parse_entries(

@@ -43,6 +43,8 @@ class Request:
     ip: str
     time: float
     until: float = 0.0
+    # Who asked, for the audit trail (--syslog).
+    by: str = ""
     path: Path | None = None
 
 
@@ -56,6 +58,7 @@ def submit(state_dir: Path, request: Request) -> Path:
             "ip": request.ip,
             "time": request.time,
             "until": request.until,
+            "by": request.by,
         }
         data = json.dumps(record).encode() + b"\n"
         temp = fsutil.write_temp(directory, ".new.", data, 0o600)
@@ -104,11 +107,32 @@ def _read(path: Path) -> Request:
     record = json.loads(path.read_bytes())
     action, ip = record["action"], record["ip"]
     when, until = record["time"], record.get("until", 0.0)
+    by = record.get("by", "")
     if action not in (GRANT, REVOKE) or not isinstance(ip, str):
         raise ValueError("not a grant or revoke request")
     if not all(isinstance(n, int | float) for n in (when, until)):
         raise ValueError("a time is not a number")
-    return Request(action, ip, float(when), float(until), path)
+    if not isinstance(by, str):
+        raise ValueError("the requester is not text")
+    return Request(action, ip, float(when), float(until), by, path)
+
+
+def requester() -> str:
+    """The admin behind a request: the sudo user, else this process's user."""
+    name = os.environ.get("SUDO_USER")
+    if name:
+        return name
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def audit_names(requests: Iterable[Request]) -> dict[str, tuple[str, str]]:
+    """User and "server" of each hand grant, for the audit lines."""
+    return {r.ip: (r.by or "-", "popbs-grant") for r in requests if r.action == GRANT}
 
 
 def done(requests: Iterable[Request]) -> None:

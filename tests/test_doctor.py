@@ -456,3 +456,34 @@ def test_postfix_server_of_the_end_to_end_tests_passes_the_config_checks(
     lines = done.stdout.splitlines()
     assert "ok       main.cf restrictions" in lines, done.stdout
     assert "ok       master.cf overrides" in lines, done.stdout
+
+
+def test_another_mta_skips_postfix_checks_and_runs_no_postconf(
+    tmp_path: Path,
+) -> None:
+    """With --mta exim doctor must not judge (or even ask) Postfix."""
+    setup = Setup(tmp_path)
+    setup.append("Dec  4 14:40:00 mail syslogd: restart")
+    setup.map_type = "none"
+    cron = tmp_path / "cron.d"
+    cron.mkdir()
+    (cron / "popbs").write_text("* * * * *  root  popbs sync --watch 65s\n")
+    env = setup.env()
+    env["MAIL_CONFIG"] = str(tmp_path / "no-such-postfix")
+    env["POPBS_DOCTOR_CRON"] = str(cron)
+    env["POPBS_DOCTOR_CRONTAB"] = str(tmp_path / "no-crontab")
+    env["POPBS_DOCTOR_UNITS"] = str(tmp_path / "no-units")
+    exim = ["--mta", "exim", "--map", str(tmp_path / "exim" / "popbs")]
+    (tmp_path / "exim").mkdir()
+    base = [sys.executable, "-m", "popbs_tools"]
+    setup_args = ["--state-dir", str(setup.state_dir), "--log", str(setup.log)]
+    published = subprocess.run(
+        [*base, "publish", *setup_args, *exim], env=env, capture_output=True, text=True
+    )
+    assert published.returncode == 0, published.stderr
+    done = subprocess.run(
+        [*base, "doctor", *setup_args, *exim], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "main.cf" not in done.stdout and "postmap" not in done.stdout
+    assert "ok       logs" in done.stdout

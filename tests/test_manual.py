@@ -242,3 +242,20 @@ def test_state_written_before_hand_grants_existed_still_reads(setup: Setup) -> N
     assert (done.returncode, done.stderr) == (0, "")
     assert not (setup.state_dir / f"{state.STATE_FILE}.corrupt").exists()
     assert ALICE in json.loads(path.read_text())["manual"]
+
+
+def test_merge_honours_a_revocation_unless_the_login_is_newer(setup: Setup) -> None:
+    setup.popbs("grant", ALICE, *at("15:00:00"), check=True)
+    setup.popbs("revoke", ALICE, *at("15:01:00"), check=True)
+
+    # An old login fed by hand (scan of an old log) does not bring it back.
+    stale = f"{ALICE} {epoch('15:00:30')}\n"
+    setup.popbs("merge", *at("15:02:00"), stdin=stale, check=True)
+    setup.popbs("publish", *at("15:02:00"), check=True)
+    assert setup.query(ALICE) is None
+
+    # A login after the revocation does, and lifts it.
+    fresh = f"{ALICE} {epoch('15:01:30')}\n"
+    setup.popbs("merge", *at("15:02:00"), stdin=fresh, check=True)
+    setup.popbs("sync", *at("15:03:00"), check=True)
+    assert setup.query(ALICE) == str(epoch("15:01:30"))

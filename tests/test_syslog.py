@@ -177,3 +177,38 @@ def test_a_missing_system_log_is_one_warning_and_grants_go_on(
         "audit lines lost\n"
     )
     assert setup.query("198.51.100.2") is not None
+
+
+def test_hand_grants_revocations_and_publish_are_logged(
+    tmp_path: Path, syslog: tuple[socket.socket, Path]
+) -> None:
+    server, path = syslog
+    setup = Setup(tmp_path)
+    setup.append(dovecot_line("198.51.100.2", when="Dec  4 14:40:00"))
+    env = setup.env()
+    env["POPBS_SYSLOG_SOCKET"] = str(path)
+    env["SUDO_USER"] = "carol"
+
+    def popbs(command: str, *args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "popbs_tools", command, *setup.settings()]
+            + [*args, "--syslog"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+    popbs("sync", "--now", NOW)
+    popbs("grant", "198.51.100.9", "--now", NOW)
+    popbs("revoke", "198.51.100.9", "--now", "2026-12-04T15:01:00")
+    popbs("publish", "--now", "2026-12-04T15:11:00")  # the 14:40 login expires
+    assert without_pid(received(server)) == [
+        f"{MAIL_INFO}popbs: added 198.51.100.2 user=alice server=dovecot "
+        f"time={stamp(2026, 12, 4, 14, 40, 0)}",
+        f"{MAIL_INFO}popbs: added 198.51.100.9 user=carol server=popbs-grant "
+        f"time={stamp(2026, 12, 4, 15, 0, 0)}",
+        f"{MAIL_INFO}popbs: pruned 198.51.100.9 time={stamp(2026, 12, 4, 15, 0, 0)}",
+        f"{MAIL_INFO}popbs: pruned 198.51.100.2 time={stamp(2026, 12, 4, 14, 40, 0)}",
+    ]
