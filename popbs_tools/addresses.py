@@ -3,7 +3,7 @@
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -17,6 +17,29 @@ BUILTIN_NEVER_GRANT: tuple[IPNetwork, ...] = (
 
 # "This network" (RFC 1122): no client connects from there.
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
+def ipv4_number(text: str) -> int | None:
+    """The address as a number if `text` is an IPv4 address spelt as smtpd
+    spells it (no leading zeros), else None.
+
+    The grant file and most log lines hold such addresses; this is several
+    times quicker than ipaddress, which matters at 100 000 grants (issue 5).
+    """
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    number = 0
+    for part in parts:
+        if not (part.isascii() and part.isdigit() and len(part) <= 3):
+            return None
+        if part[0] == "0" and part != "0":
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        number = number << 8 | octet
+    return number
 
 
 @lru_cache(maxsize=65536)
@@ -33,6 +56,8 @@ def normalise(text: str) -> str | None:
         text = text[1:-1]
     if text[:5].lower() == "ipv6:":
         text = text[5:]
+    if ipv4_number(text) is not None:
+        return text
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -76,8 +101,35 @@ class Policy:
 
     def refusal(self, key: str) -> str | None:
         """Why `key` (a normalised address) must not be granted, or None."""
+        number = ipv4_number(key)
+        if number is not None:
+            return self._ipv4_refusal(number)
         # Clients log in again and again: the answer is worth keeping.
         return _refusal(self, key)
+
+    @cached_property
+    def _ipv4_ranges(self) -> tuple[tuple[int, int, IPNetwork], ...]:
+        return tuple(
+            (int(network.network_address), int(network.broadcast_address), network)
+            for network in self.never_grant
+            if network.version == 4
+        )
+
+    def _ipv4_refusal(self, number: int) -> str | None:
+        """_refusal's answers for an IPv4 address, without building one."""
+        first = number >> 24
+        if first == 127:
+            return "loopback address"
+        if first == 0:
+            return "unspecified address"
+        if 224 <= first < 240:
+            return "multicast address"
+        if first >= 240:
+            return "reserved address"
+        for low, high, network in self._ipv4_ranges:
+            if low <= number <= high:
+                return f"in never-grant network {network}"
+        return None
 
 
 @lru_cache(maxsize=65536)

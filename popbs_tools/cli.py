@@ -23,7 +23,6 @@ from popbs_tools.errors import (
     PopbsError,
     SettingsError,
 )
-from popbs_tools.explain import build_explainer
 from popbs_tools.scan import Found, scan_files
 from popbs_tools.settings import Settings
 from popbs_tools.timestamps import format_left, format_local
@@ -457,6 +456,8 @@ def explain_(config: Settings, line: str | None) -> int:
       popbs explain 'Dec  4 14:40:11 mail dovecot: imap-login: Login: ...'
       grep dovecot /var/log/mail.log | popbs explain
     """
+    from popbs_tools.explain import build_explainer  # spared by cron's runs
+
     explainer = build_explainer(
         config.rules, config.disabled, config.policy, config.now
     )

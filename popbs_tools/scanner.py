@@ -7,11 +7,9 @@ state.Position), so rename, copytruncate and inode reuse are told apart
 without trusting inode numbers.
 """
 
-import ctypes
 import errno
 import hashlib
 import logging
-import lzma
 import os
 import signal
 import stat
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from popbs_tools.compressed import open_any
+from popbs_tools.compressed import open_any, read_errors
 from popbs_tools.errors import InputError
 from popbs_tools.state import START, Position
 
@@ -216,6 +214,8 @@ def _die_with(parent: int) -> None:
     A killed sync must not leave a child behind that holds the lock (it
     shares the parent's lock file) and keeps cron's next runs out.
     """
+    import ctypes  # only in the child: ctypes is slow to import
+
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
@@ -522,7 +522,7 @@ class LogScan:
         with handle:
             try:
                 return holds(handle, position)
-            except (OSError, EOFError, lzma.LZMAError):
+            except read_errors():
                 return False
 
     def _read_generation(
