@@ -1132,6 +1132,9 @@ class Bench:
         counter = directory / "postmap-calls"
         wrapper = directory / "postmap"
         counting_wrapper(wrapper, self.postmap, counter)
+        # Made now, before the map is built: a postconf that changed after the
+        # map was built may answer differently, so popbs would ask it again.
+        self.make_counting_postconf(directory)
         log, _ = mail_log(self.work, self.size, self.seed)
         grant_file, state_dir = directory / "popbs", directory / "state"
         settings = [
@@ -1210,13 +1213,17 @@ class Bench:
     def count_postconf_calls(self, sync: list[str], directory: Path) -> str:
         if self.postconf is None:
             return "postconf not found"
-        bin_dir = directory / "bin"
-        bin_dir.mkdir()
-        counter = directory / "postconf-calls"
-        counting_wrapper(bin_dir / "postconf", self.postconf, counter)
+        bin_dir, counter = directory / "bin", directory / "postconf-calls"
+        before = calls(counter)
         env = dict(self.env, PATH=f"{bin_dir}{os.pathsep}{self.env.get('PATH', '')}")
         self.run(sync, env)
-        return str(calls(counter))
+        return str(calls(counter) - before)
+
+    def make_counting_postconf(self, directory: Path) -> None:
+        if self.postconf is not None:
+            (directory / "bin").mkdir()
+            counter = directory / "postconf-calls"
+            counting_wrapper(directory / "bin" / "postconf", self.postconf, counter)
 
     def p3(self) -> None:
         assert self.postmap is not None

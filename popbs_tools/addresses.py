@@ -5,6 +5,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
+from popbs_tools.lazyre import LazyPattern
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -19,27 +21,22 @@ BUILTIN_NEVER_GRANT: tuple[IPNetwork, ...] = (
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
+# An IPv4 address as smtpd spells it: four decimal octets, no leading zeros.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = LazyPattern(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 def ipv4_number(text: str) -> int | None:
     """The address as a number if `text` is an IPv4 address spelt as smtpd
-    spells it (no leading zeros), else None.
+    spells it, else None.
 
     The grant file and most log lines hold such addresses; this is several
     times quicker than ipaddress, which matters at 100 000 grants (issue 5).
     """
-    parts = text.split(".")
-    if len(parts) != 4:
+    if _CANONICAL_IPV4.fullmatch(text) is None:
         return None
-    number = 0
-    for part in parts:
-        if not (part.isascii() and part.isdigit() and len(part) <= 3):
-            return None
-        if part[0] == "0" and part != "0":
-            return None
-        octet = int(part)
-        if octet > 255:
-            return None
-        number = number << 8 | octet
-    return number
+    first, second, third, fourth = text.split(".")
+    return int(first) << 24 | int(second) << 16 | int(third) << 8 | int(fourth)
 
 
 @lru_cache(maxsize=65536)
@@ -56,7 +53,7 @@ def normalise(text: str) -> str | None:
         text = text[1:-1]
     if text[:5].lower() == "ipv6:":
         text = text[5:]
-    if ipv4_number(text) is not None:
+    if _CANONICAL_IPV4.fullmatch(text) is not None:
         return text
     try:
         address = ipaddress.ip_address(text)
