@@ -169,7 +169,9 @@ def _stdout_errors() -> Iterator[None]:
 def out(line: str) -> None:
     """Write one line of data to stdout."""
     with _stdout_errors():
-        click.echo(line)
+        # Not click.echo: it flushes after every line, one write(2) per login
+        # when a scan's output goes to a file or a pipe.
+        sys.stdout.write(line + "\n")
 
 
 def flush() -> None:
@@ -310,7 +312,12 @@ def scan(
         for login in jobs.scan_without_state(config, from_start):
             emit(login)
     else:
-        jobs.scan_with_state(config, from_start, emit, reset)
+        # The offsets are saved once the output is written: out() buffers.
+        def emit_flushed(login: Found) -> None:
+            emit(login)
+            flush()
+
+        jobs.scan_with_state(config, from_start, emit_flushed, reset)
     return 0
 
 

@@ -12,8 +12,6 @@ from collections.abc import Iterator
 class LazyPattern:
     """The subset of re.Pattern that popbs uses, compiled on the first call."""
 
-    __slots__ = ("source", "flags", "_compiled")
-
     def __init__(
         self, source: str, flags: int = 0, compiled: re.Pattern[str] | None = None
     ) -> None:
@@ -24,7 +22,15 @@ class LazyPattern:
     @property
     def compiled(self) -> re.Pattern[str]:
         if self._compiled is None:
-            self._compiled = re.compile(self.source, self.flags)
+            compiled = self._compiled = re.compile(self.source, self.flags)
+            # From now on the compiled pattern's own methods answer, without
+            # this wrapper's call in between: scans call them per line.
+            self.__dict__.update(
+                fullmatch=compiled.fullmatch,
+                match=compiled.match,
+                search=compiled.search,
+                finditer=compiled.finditer,
+            )
         return self._compiled
 
     @property

@@ -111,11 +111,12 @@ def _skip_structured_data(rest: str) -> str | None:
 def finish(stamp: Stamp, host: str, tag: str, pid: str | None, msg: str) -> Record:
     msg = msg.removeprefix("\ufeff")
     # Either wrapper may come first: Solaris tags the folded line too.
+    # (The startswith tests only spare the regexes on the usual line.)
     for _ in range(2):
-        solaris = _SOLARIS_ID.match(msg)
+        solaris = _SOLARIS_ID.match(msg) if msg.startswith("[ID ") else None
         if solaris:
             msg = msg[solaris.end() :]
-        repeated = _REPEATED.fullmatch(msg)
+        repeated = _REPEATED.fullmatch(msg) if msg.startswith("message ") else None
         if repeated:
             msg = repeated["msg"]
     return Record(stamp, host, tag, pid or "", msg)
