@@ -157,55 +157,50 @@ def _short(lines: list[bytes]) -> list[bytes]:
 def read_big(
     handle: BinaryIO, start: int, size: int, markers: tuple[bytes, ...]
 ) -> Iterator[bytes | int]:
-    """read_from(handle, start, markers, final=False), two processes at once.
+    """read_from(handle, start, markers, final=False), in two processes.
 
-    A first run on a big log, or a catch-up after downtime, spends most of its
-    time searching for markers. A child process searches the second half of
-    the file into an in-memory file (memfd: no name, no RSS of ours) while
-    this one searches the first half and interprets it; the child's lines
-    then follow, in file order, so the result is the same as one pass.
+    A first run on a big log, or a catch-up after downtime, spends its time
+    in two ways about equally: searching for markers and interpreting the
+    candidate lines, which only this process can do (sessions and years carry
+    from line to line). So a child process does the searching and sends the
+    candidates down a pipe while this one interprets them: the run takes the
+    longer of the two rather than their sum. The pipe bounds the memory both
+    ways: a child ahead of its reader waits.
     """
-    middle = _line_start_near(handle, start + (size - start) // 2, size)
-    if size - start < PARALLEL_MIN or middle is None:
+    if size - start < PARALLEL_MIN:
         yield from read_from(handle, start, markers, final=False)
         return
 
-    spool = os.memfd_create("popbs-candidates", os.MFD_CLOEXEC)
+    reading, writing = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
+            os.close(reading)
             _die_with(parent)
-            _spool_candidates(handle, middle, markers, spool)
+            _send_candidates(handle, start, markers, writing)
             code = 0
         finally:
             os._exit(code)
 
+    os.close(writing)
     try:
-        end = middle
-        for item in read_from(handle, start, markers, final=False, stop=middle):
+        end = start
+        for item in _received(reading):
             if isinstance(item, int):
                 end = item
             yield item
-        _, status = os.waitpid(child, 0)
+        os.waitpid(child, 0)
         child = 0
-        if end != middle or status != 0:
-            # Not expected; the serial reader is always right.
-            yield from read_from(handle, end, markers, final=False)
-            return
-        for item in _unspool(spool):
-            if isinstance(item, int):
-                end = item
-            yield item
-        # The child stops early when its spool fills (a log made mostly of
-        # candidate lines); the rest, if any, is read here.
+        # Whatever the child did not send (it failed, or the log grew since
+        # it reached the end) is read here; usually nothing.
         yield from read_from(handle, end, markers, final=False)
     finally:
         if child:
             os.kill(child, 9)
             os.waitpid(child, 0)
-        os.close(spool)
+        os.close(reading)
 
 
 def _die_with(parent: int) -> None:
@@ -223,55 +218,45 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-# The spool is memory (a memfd): a child stops once it holds this much.
-SPOOL_MAX = 64 << 20
-
 # Below this much to read, one process is as quick.
 PARALLEL_MIN = 64 << 20
 
 
-def _line_start_near(handle: BinaryIO, offset: int, size: int) -> int | None:
-    handle.seek(offset)
-    data = handle.read(MAX_LINE)
-    newline = data.find(b"\n")
-    if newline == -1 or offset + newline + 1 >= size:
-        return None
-    return offset + newline + 1
-
-
-def _spool_candidates(
-    handle: BinaryIO, start: int, markers: tuple[bytes, ...], spool: int
+def _send_candidates(
+    handle: BinaryIO, start: int, markers: tuple[bytes, ...], pipe: int
 ) -> None:
     # Our own open file description: the parent's shares its offset.
     with (
         open(f"/proc/self/fd/{handle.fileno()}", "rb") as own,
-        open(spool, "wb", closefd=False) as out,
+        open(pipe, "wb", buffering=CHUNK) as out,
     ):
-        end = start
-        spooled = 0
         for item in read_from(own, start, markers, final=False):
             if isinstance(item, int):
-                end = item
                 out.write(b"C" + item.to_bytes(8, "big"))
-                if spooled > SPOOL_MAX:
-                    break  # the parent reads the rest itself
             else:
                 out.write(b"L" + len(item).to_bytes(4, "big") + item)
-                spooled += len(item)
-        out.write(b"E" + end.to_bytes(8, "big"))
 
 
-def _unspool(spool: int) -> Iterator[bytes | int]:
-    os.lseek(spool, 0, os.SEEK_SET)
-    with open(spool, "rb", closefd=False) as records:
+def _received(pipe: int) -> Iterator[bytes | int]:
+    """The child's lines and offsets, each batch of lines with the offset after
+    it: a child that dies mid-way leaves no line that the serial reader,
+    taking over from the last offset, would hand on again."""
+    with open(pipe, "rb", buffering=CHUNK, closefd=False) as records:
+        batch: list[bytes] = []
         while kind := records.read(1):
-            if kind in (b"C", b"E"):
-                yield int.from_bytes(records.read(8), "big")
-                if kind == b"E":
+            if kind == b"C":
+                raw = records.read(8)
+                if len(raw) < 8:
                     return
-            else:
-                yield records.read(int.from_bytes(records.read(4), "big"))
-    raise OSError("the child scanning the second half stopped short")
+                yield from batch
+                batch = []
+                yield int.from_bytes(raw, "big")
+                continue
+            size = int.from_bytes(records.read(4), "big")
+            line = records.read(size)
+            if len(line) < size:
+                return
+            batch.append(line)
 
 
 def _skip(handle: BinaryIO, count: int) -> None:
