@@ -336,17 +336,20 @@ def _input_lines(files: tuple[str, ...]) -> Iterator[tuple[str, list[str]]]:
 @popbs.command()
 @click.argument("files", nargs=-1, metavar="[FILE|-]...")
 @_setting_options
+@click.option(
+    "--publish", "publish_map", is_flag=True, help="Also rebuild the map now."
+)
 @_command
-def merge(config: Settings, files: tuple[str, ...]) -> int:
+def merge(config: Settings, files: tuple[str, ...], publish_map: bool) -> int:
     """Merge `IP [TIME]` lines, or scan's JSON lines, into the grant file.
 
     One line per address is kept, with the newest time; no TIME means now.
-    Nothing is merged if any line is malformed. Run `popbs publish` (or wait
-    for the next sync) to rebuild the map.
+    Nothing is merged if any line is malformed. Give --publish, or run
+    `popbs publish` (or wait for the next sync), to rebuild the map.
 
     \b
     Examples:
-      echo 198.51.100.7 | popbs merge
+      echo 198.51.100.7 | popbs merge --publish
       popbs scan --json old.log | popbs merge
     """
     entries: list[tuple[str, float]] = []
@@ -364,7 +367,7 @@ def merge(config: Settings, files: tuple[str, ...]) -> int:
     def edit(current: grants.Grants) -> grants.Grants:
         return grants.merge(current, accepted, config.now)
 
-    jobs.locked_update(config, edit, publish_map=False)
+    jobs.locked_update(config, edit, publish_map=publish_map)
     return 0
 
 

@@ -91,3 +91,16 @@ def test_a_main_cf_newer_than_the_map_is_asked_about(tmp_path: Path) -> None:
 
     assert counted.calls("postconf") > postconf_before
     assert counted.calls("postmap") == 1  # the map is still current
+
+
+def test_merge_with_publish_builds_the_map_in_one_run(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    now = int(time.time())
+    lines = f"198.51.100.9 {now - 60}\n2001:db8::9 {now - 30}\n"
+    setup.popbs("merge", "--publish", stdin=lines, check=True)
+    assert setup.query("198.51.100.9") == str(now - 60)
+    assert setup.query("2001:db8::9") == str(now - 30)
+
+    # Without --publish the map stays as it was until a publish or a sync.
+    setup.popbs("merge", stdin="198.51.100.10\n", check=True)
+    assert setup.query("198.51.100.10") is None
