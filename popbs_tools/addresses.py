@@ -17,9 +17,9 @@ BUILTIN_NEVER_GRANT: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("::1/128"),
 )
 
-# Answers kept for the addresses seen last. IPv4 keys in smtpd's spelling take
-# a quick path that needs no cache; 65 536 entries of IPv6 and odd spellings
-# made a scan's memory grow with the number of clients (issue 5, P4).
+# Answers kept for the addresses seen last, IPv6 and odd spellings only: IPv4
+# in smtpd's spelling takes a quick path. Cached too, IPv4 filled 65 536
+# entries and made a scan's memory grow with its clients (issue 5, P4).
 CACHED = 4096
 
 # "This network" (RFC 1122): no client connects from there.
@@ -44,7 +44,6 @@ def ipv4_number(text: str) -> int | None:
     return int(first) << 24 | int(second) << 16 | int(third) << 8 | int(fourth)
 
 
-@lru_cache(maxsize=CACHED)
 def normalise(text: str) -> str | None:
     """Return the key Postfix's smtpd looks up for this address, or None.
 
@@ -53,6 +52,13 @@ def normalise(text: str) -> str | None:
     smtpd reports such a client. Leading zeros, zone ids and anything else
     `ipaddress` rejects give None.
     """
+    if _CANONICAL_IPV4.fullmatch(text) is not None:
+        return text
+    return _normalise(text)
+
+
+@lru_cache(maxsize=CACHED)
+def _normalise(text: str) -> str | None:
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
