@@ -225,38 +225,38 @@ PARALLEL_MIN = 64 << 20
 def _send_candidates(
     handle: BinaryIO, start: int, markers: tuple[bytes, ...], pipe: int
 ) -> None:
+    """Send each read's lines in one record: "C", the offset after them, their
+    count and size, then the lines joined by newlines (none holds one)."""
     # Our own open file description: the parent's shares its offset.
     with (
         open(f"/proc/self/fd/{handle.fileno()}", "rb") as own,
         open(pipe, "wb", buffering=CHUNK) as out,
     ):
+        lines: list[bytes] = []
         for item in read_from(own, start, markers, final=False):
-            if isinstance(item, int):
-                out.write(b"C" + item.to_bytes(8, "big"))
-            else:
-                out.write(b"L" + len(item).to_bytes(4, "big") + item)
+            if not isinstance(item, int):
+                lines.append(item)
+                continue
+            joined = b"\n".join(lines)
+            header = item.to_bytes(8, "big") + len(lines).to_bytes(4, "big")
+            out.write(b"C" + header + len(joined).to_bytes(4, "big") + joined)
+            lines = []
 
 
 def _received(pipe: int) -> Iterator[bytes | int]:
-    """The child's lines and offsets, each batch of lines with the offset after
-    it: a child that dies mid-way leaves no line that the serial reader,
-    taking over from the last offset, would hand on again."""
+    """The child's lines and offsets, each batch whole or not at all: a child
+    that dies mid-way leaves no line that the serial reader, taking over from
+    the last offset, would hand on again."""
     with open(pipe, "rb", buffering=CHUNK, closefd=False) as records:
-        batch: list[bytes] = []
-        while kind := records.read(1):
-            if kind == b"C":
-                raw = records.read(8)
-                if len(raw) < 8:
-                    return
-                yield from batch
-                batch = []
-                yield int.from_bytes(raw, "big")
-                continue
-            size = int.from_bytes(records.read(4), "big")
-            line = records.read(size)
-            if len(line) < size:
+        while len(header := records.read(17)) == 17:
+            count = int.from_bytes(header[9:13], "big")
+            size = int.from_bytes(header[13:17], "big")
+            joined = records.read(size)
+            lines = joined.split(b"\n") if count else []
+            if header[:1] != b"C" or len(joined) != size or len(lines) != count:
                 return
-            batch.append(line)
+            yield from lines
+            yield int.from_bytes(header[1:9], "big")
 
 
 def _skip(handle: BinaryIO, count: int) -> None:
