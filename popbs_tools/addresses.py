@@ -44,6 +44,26 @@ def ipv4_number(text: str) -> int | None:
     return int(first) << 24 | int(second) << 16 | int(third) << 8 | int(fourth)
 
 
+def ipv6_number(text: str) -> int | None:
+    """The address as a number if `text` is an IPv6 address spelt as
+    normalise() spells it (RFC 5952: compressed, lower case), else None.
+
+    The C library parses it in a fraction of ipaddress's time; its spelling
+    matches RFC 5952 except for embedded IPv4, which is left to ipaddress.
+    """
+    if "." in text or ":" not in text:
+        return None
+    import socket  # only where IPv6 addresses are: slow to import
+
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except OSError:
+        return None
+    if socket.inet_ntop(socket.AF_INET6, packed) != text:
+        return None
+    return int.from_bytes(packed, "big")
+
+
 def normalise(text: str) -> str | None:
     """Return the key Postfix's smtpd looks up for this address, or None.
 
@@ -52,7 +72,7 @@ def normalise(text: str) -> str | None:
     smtpd reports such a client. Leading zeros, zone ids and anything else
     `ipaddress` rejects give None.
     """
-    if _CANONICAL_IPV4.fullmatch(text) is not None:
+    if _CANONICAL_IPV4.fullmatch(text) is not None or ipv6_number(text) is not None:
         return text
     return _normalise(text)
 
@@ -142,7 +162,10 @@ class Policy:
 
 @lru_cache(maxsize=CACHED)
 def _refusal(policy: Policy, key: str) -> str | None:
-    address = ipaddress.ip_address(key)
+    number = ipv6_number(key)
+    address = (
+        ipaddress.ip_address(key) if number is None else ipaddress.IPv6Address(number)
+    )
     if address.is_loopback:
         return "loopback address"
     if address.is_unspecified or address in _THIS_NETWORK:

@@ -10,8 +10,15 @@ import random
 
 import pytest
 
+from popbs_tools import addresses as addresses_module
 from popbs_tools import grants
-from popbs_tools.addresses import Policy, _refusal, ipv4_number, normalise
+from popbs_tools.addresses import (
+    Policy,
+    _refusal,
+    ipv4_number,
+    ipv6_number,
+    normalise,
+)
 
 
 def _by_ipaddress(text: str) -> str | None:
@@ -98,3 +105,50 @@ def test_sort_key_orders_as_ipaddress() -> None:
         ),
     )
     assert sorted(keys, key=grants.sort_key) == expected
+
+
+def _random_ipv6(rng: random.Random) -> ipaddress.IPv6Address:
+    # Runs of zero hextets of every length and place, which decide where
+    # RFC 5952 puts the "::".
+    hextets = [0 if rng.random() < 0.5 else rng.getrandbits(16) for _ in range(8)]
+    if rng.random() < 0.2:
+        hextets[:6] = [0, 0, 0, 0, 0, 0xFFFF if rng.random() < 0.5 else 0]
+    return ipaddress.IPv6Address(
+        sum(h << (16 * (7 - i)) for i, h in enumerate(hextets))
+    )
+
+
+def _spellings(address: ipaddress.IPv6Address, rng: random.Random) -> list[str]:
+    compressed = address.compressed
+    return [
+        compressed,
+        address.exploded,
+        compressed.upper(),
+        f"[{compressed}]",
+        f"{compressed}%eth0",
+        compressed.replace(":", ":0", 1) if rng.random() < 0.5 else compressed + ":",
+    ]
+
+
+def test_ipv6_keys_agree_with_ipaddress() -> None:
+    rng = random.Random(13)
+    policy = Policy.with_extra([ipaddress.ip_network("2001:db8:8000::/33")])
+    addresses = [_random_ipv6(rng) for _ in range(20000)]
+    addresses += [ipaddress.IPv6Address(n) for n in (0, 1, 2, 0xFFFF, 1 << 32)]
+    addresses += [ipaddress.IPv6Address("ff02::1"), ipaddress.IPv6Address("fe80::1")]
+    addresses += [ipaddress.IPv6Address("2001:db8:8000::1")]
+    slow_normalise = addresses_module._normalise.__wrapped__
+    quick = 0
+    for address in addresses:
+        for text in _spellings(address, rng):
+            assert normalise(text) == slow_normalise(text), text
+        key = normalise(address.compressed)
+        assert key is not None
+        if ":" in key:
+            quick += ipv6_number(key) is not None
+            assert ipv6_number(key) in (None, int(address)), key
+            # The exploded spelling takes ipaddress's way.
+            slow = _refusal.__wrapped__(policy, address.exploded)
+            assert policy.refusal(key) == slow, key
+            assert grants.sort_key(key) == (6, int(address)), key
+    assert quick > len(addresses) // 2
