@@ -128,9 +128,9 @@ def parse(line: str) -> Record | None:
     # cannot be mistaken for any of the other forms below.
     match = _SYSLOG.fullmatch(line)
     if match:
-        return finish(
-            _stamp(match), match["host"], match["tag"], match["pid"], match["msg"]
-        )
+        # _stamp(match) would come to this, after a groupdict() per line.
+        day = timestamps.parse_yearless(match["mon"], match["day"], match["hms"])
+        return finish(day, match["host"], match["tag"], match["pid"], match["msg"])
 
     match = _RFC5424.fullmatch(line)
     if match:

@@ -138,7 +138,7 @@ def parse_iso(text: str) -> datetime | None:
 
 def parse_yearless(month: str, day: str, hms: str) -> Yearless | None:
     try:
-        hour, minute, second = (int(part) for part in hms.split(":"))
+        hour, minute, second = map(int, hms.split(":"))
     except ValueError:
         return None
     if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 61):
