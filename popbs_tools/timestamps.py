@@ -64,11 +64,13 @@ def _local(year: int, stamp: Yearless) -> float | None:
     return None if minute is None else minute + stamp.second
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _local_minute(
     year: int, month: int, day: int, hour: int, minute: int, isdst: int = -1
 ) -> float | None:
     # A log's lines share their minutes: mktime once a minute, not a line.
+    # Lines come in order, so a few recent minutes suffice; a bigger table
+    # made a scan's memory grow with the log (issue 5, P4).
     try:
         datetime(year, month, day)
     except ValueError:
