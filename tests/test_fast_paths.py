@@ -7,6 +7,9 @@ ipaddress itself says, over random and edge-case inputs.
 
 import ipaddress
 import random
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -19,6 +22,7 @@ from popbs_tools.addresses import (
     ipv6_number,
     normalise,
 )
+from popbs_tools.lazyre import LazyPattern
 
 
 def _by_ipaddress(text: str) -> str | None:
@@ -152,3 +156,29 @@ def test_ipv6_keys_agree_with_ipaddress() -> None:
             assert policy.refusal(key) == slow, key
             assert grants.sort_key(key) == (6, int(address)), key
     assert quick > len(addresses) // 2
+
+
+def test_importing_the_sync_job_compiles_no_rule_and_imports_no_extras() -> None:
+    # A cron run that finds nothing new needs no regex and none of these.
+    code = (
+        "import sys\n"
+        "import popbs_tools.cli\n"
+        "from popbs_tools.rules import BUILTIN_RULES\n"
+        "print(sum(rule.pattern._compiled is not None for rule in BUILTIN_RULES))\n"
+        "heavy = ['subprocess', 'tempfile', 'ctypes', 'lzma', 'bz2', 'gzip',\n"
+        "         'configparser', 'secrets', 'socket', 'popbs_tools.explain']\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == ["0", "[]"]
+
+
+def test_lazy_patterns_behave_as_compiled_ones() -> None:
+    lazy = LazyPattern(r"(?P<ip>[0-9.]+) x", re.DOTALL)
+    assert lazy == LazyPattern(r"(?P<ip>[0-9.]+) x", re.DOTALL)
+    assert lazy.groupindex == {"ip": 1}
+    match = lazy.fullmatch("1.2.3.4 x")
+    assert match is not None and match["ip"] == "1.2.3.4"
+    assert lazy.search("a 5.6 x b") is not None and lazy.match("x") is None
