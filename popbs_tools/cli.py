@@ -36,7 +36,6 @@ from popbs_tools.errors import (
     PopbsError,
     SettingsError,
 )
-from popbs_tools.explain import build_explainer
 from popbs_tools.scan import Found, scan_files
 from popbs_tools.settings import Settings
 from popbs_tools.timestamps import format_left, format_local, parse_duration
@@ -212,7 +211,9 @@ def _stdout_errors() -> Iterator[None]:
 def out(line: str) -> None:
     """Write one line of data to stdout."""
     with _stdout_errors():
-        click.echo(line)
+        # Not click.echo: it flushes after every line, one write(2) per login
+        # when a scan's output goes to a file or a pipe.
+        sys.stdout.write(line + "\n")
 
 
 def flush() -> None:
@@ -402,7 +403,12 @@ def scan(
         for login in jobs.scan_without_state(config, from_start):
             emit(login)
     else:
-        jobs.scan_with_state(config, from_start, emit, reset)
+        # The offsets are saved once the output is written: out() buffers.
+        def emit_flushed(login: Found) -> None:
+            emit(login)
+            flush()
+
+        jobs.scan_with_state(config, from_start, emit_flushed, reset)
     return 0
 
 
@@ -421,17 +427,20 @@ def _input_lines(files: tuple[str, ...]) -> Iterator[tuple[str, list[str]]]:
 @popbs.command()
 @click.argument("files", nargs=-1, metavar="[FILE|-]...")
 @_setting_options
+@click.option(
+    "--publish", "publish_map", is_flag=True, help="Also rebuild the map now."
+)
 @_command
-def merge(config: Settings, files: tuple[str, ...]) -> int:
+def merge(config: Settings, files: tuple[str, ...], publish_map: bool) -> int:
     """Merge `IP [TIME]` lines, or scan's JSON lines, into the grant file.
 
     One line per address is kept, with the newest time; no TIME means now.
-    Nothing is merged if any line is malformed. Run `popbs publish` (or wait
-    for the next sync) to rebuild the map.
+    Nothing is merged if any line is malformed. Give --publish, or run
+    `popbs publish` (or wait for the next sync), to rebuild the map.
 
     \b
     Examples:
-      echo 198.51.100.7 | popbs merge
+      echo 198.51.100.7 | popbs merge --publish
       popbs scan --json old.log | popbs merge
     """
     entries: list[tuple[str, float]] = []
@@ -446,7 +455,7 @@ def merge(config: Settings, files: tuple[str, ...]) -> int:
         else:
             accepted.append((key, when))
 
-    change = jobs.merge_logins(config, accepted)
+    change = jobs.merge_logins(config, accepted, publish_map)
     jobs.audited(change, {})
     return 0
 
@@ -640,6 +649,8 @@ def explain_(config: Settings, line: str | None) -> int:
       popbs explain 'Dec  4 14:40:11 mail dovecot: imap-login: Login: ...'
       grep dovecot /var/log/mail.log | popbs explain
     """
+    from popbs_tools.explain import build_explainer  # spared by cron's runs
+
     explainer = build_explainer(
         config.rules, config.disabled, config.policy, config.now
     )

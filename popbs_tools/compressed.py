@@ -5,28 +5,39 @@ zstd; FreeBSD's newsyslog writes .bz2. The name can lie (a .gz that is not),
 the first bytes cannot.
 """
 
-import bz2
 import errno
-import gzip
+import importlib
 import io
-import lzma
 import os
-import shutil
-import subprocess
+import sys
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+if TYPE_CHECKING:
+    from subprocess import Popen
 
 # How much a forward seek reads at a time.
 CHUNK = 1 << 20
 
+# The decompressors are imported when a file needs one: a cron run that reads
+# only the live log should not pay for them.
 _MAGIC = (
-    (b"\x1f\x8b", gzip.open),
-    (b"BZh", bz2.open),
-    (b"\xfd7zXZ\x00", lzma.open),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bz2"),
+    (b"\xfd7zXZ\x00", "lzma"),
 )
 
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a log may raise, for an `except` clause.
+
+    A corrupt .xz raises LZMAError; it can only do so once lzma is imported.
+    """
+    lzma = sys.modules.get("lzma")
+    return (OSError, EOFError, lzma.LZMAError) if lzma else (OSError, EOFError)
 
 
 def open_any(path: Path) -> tuple[BinaryIO, bool]:
@@ -37,9 +48,10 @@ def open_any(path: Path) -> tuple[BinaryIO, bool]:
     """
     handle = open(path, "rb")  # noqa: SIM115 - returned to the caller
     magic = handle.read(6)
-    for prefix, opener in _MAGIC:
+    for prefix, module in _MAGIC:
         if magic.startswith(prefix):
             handle.close()
+            opener = importlib.import_module(module).open
             return cast(BinaryIO, opener(path, "rb")), True
     if magic.startswith(_ZSTD_MAGIC):
         handle.close()
@@ -55,16 +67,20 @@ class ZstdReader(io.RawIOBase):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
+        import shutil
+
         zstd = shutil.which("zstd", path=os.environ.get("PATH", "") + ":/usr/bin")
         if zstd is None:
             raise OSError(
                 errno.ENOENT, f"{path} is zstd-compressed and zstd is missing"
             )
         self._command = [zstd, "-dcq", "--", str(path)]
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: Popen[bytes] | None = None
         self._position = 0
 
     def _start(self) -> None:
+        import subprocess
+
         self._stop()
         self._process = subprocess.Popen(
             self._command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL

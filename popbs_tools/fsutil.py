@@ -4,7 +4,6 @@ import contextlib
 import os
 import re
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,8 @@ def write_temp(directory: Path, prefix: str, data: bytes, mode: int) -> Path:
     mkstemp opens with O_EXCL, so nothing planted under the name is followed.
     The caller renames or removes the file.
     """
+    import tempfile
+
     fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 
-from popbs_tools.addresses import normalise
+from popbs_tools.addresses import ipv4_number, ipv6_number, normalise
 from popbs_tools.errors import MapError
 
 HEADER = b"# popbs-tools grant file: IP TIME (Unix seconds). Written by popbs; "
@@ -49,6 +49,12 @@ def load(path: Path) -> Grants:
 
 
 def sort_key(key: str) -> tuple[int, int]:
+    number = ipv4_number(key)
+    if number is not None:
+        return 4, number
+    number = ipv6_number(key)
+    if number is not None:
+        return 6, number
     address = ipaddress.ip_address(key)
     return address.version, int(address)
 

@@ -10,9 +10,6 @@ cannot open the relay by imitating Dovecot's message.
 import json
 import logging
 import os
-import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,18 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from popbs_tools.errors import InputError
+from popbs_tools.lazyre import LazyPattern
 from popbs_tools.logline import Record, finish
 
 log = logging.getLogger(__name__)
 
 # Units of Debian's, Fedora's and upstream's POP3/IMAP server packages, and the
 # super-servers that start the inetd-style ones.
-SERVER_UNITS = re.compile(
+SERVER_UNITS = LazyPattern(
     r"(dovecot|courier-(imap|pop)[\w-]*|cyrus-imapd|cyrus|qpopper|uw-imapd|"
     r"popa3d|solid-pop3d|tpop3d|teapop|perdition[\w.@-]*|citadel|kerio-connect|"
     r"zimbra|vpopmail|qmail-pop3d[\w@-]*|inetd|xinetd|openbsd-inetd)\.service"
 )
-SUPER_SERVERS = re.compile(r"(inetd|xinetd|openbsd-inetd)\.service")
+SUPER_SERVERS = LazyPattern(r"(inetd|xinetd|openbsd-inetd)\.service")
 # Process names (comm, at most 15 characters) of the servers themselves.
 SERVER_COMMANDS = frozenset(
     [
@@ -140,6 +138,8 @@ def to_entry(fields: dict[str, Any]) -> Entry | None:
 
 
 def _journalctl() -> str:
+    import shutil
+
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/bin"])
     found = shutil.which("journalctl", path=search)
     if found is None:
@@ -149,6 +149,8 @@ def _journalctl() -> str:
 
 def read(files: tuple[Path, ...], cursor: str | None, since: float) -> Iterator[Entry]:
     """Entries after `cursor`; without one (a first run), those since `since`."""
+    import subprocess  # only with --journal: slow to import
+
     command = [_journalctl(), "--output=json", "--no-pager", "--quiet", "--all"]
     command.append(f"--output-fields={FIELDS}")
     for path in files:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from popbs_tools import timestamps
+from popbs_tools.lazyre import LazyPattern
 from popbs_tools.timestamps import Stamp
 
 _MON = r"(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
@@ -24,36 +25,38 @@ _CTIME = (
 )
 
 # RFC 5424 as rsyslog writes it to a file: <PRI>1 TIME HOST APP PROCID MSGID SD MSG
-_RFC5424 = re.compile(
+_RFC5424 = LazyPattern(
     r"(?:<\d{1,3}>)?1 (?P<iso>\S+) (?P<host>\S+) (?P<tag>\S+) (?P<pid>\S+) \S+ "
     r"(?P<rest>.*)",
     re.DOTALL,
 )
-_STAMPED = re.compile(rf"(?:{_YEARLESS}|{_ISO}) (?P<rest>.*)", re.DOTALL)
-_CTIME_STAMPED = re.compile(rf"{_CTIME} \[(?P<pid>\d+)\] (?P<rest>.*)", re.DOTALL)
+_STAMPED = LazyPattern(rf"(?:{_YEARLESS}|{_ISO}) (?P<rest>.*)", re.DOTALL)
+_CTIME_STAMPED = LazyPattern(rf"{_CTIME} \[(?P<pid>\d+)\] (?P<rest>.*)", re.DOTALL)
 # Dovecot 0.99 and 1.x in their own log_path: "pop3-login: Dec 04 14:57:10 Info: ..."
-_PREFIXED = re.compile(rf"(?P<tag>[\w.-]+): {_YEARLESS} (?P<rest>.*)", re.DOTALL)
+_PREFIXED = LazyPattern(rf"(?P<tag>[\w.-]+): {_YEARLESS} (?P<rest>.*)", re.DOTALL)
 # daemontools' multilog, where tcpserver -v logs go: "@" and a TAI64N label.
-_TAI64N = re.compile(r"@(?P<tai>[0-9a-f]{24}) (?P<rest>.*)", re.DOTALL)
+_TAI64N = LazyPattern(r"@(?P<tai>[0-9a-f]{24}) (?P<rest>.*)", re.DOTALL)
 # log4j's layout in Zimbra's mailbox.log and audit.log: "2026-12-04
 # 17:30:00,123 INFO  [thread] message". Such a file has no program tag: its
 # records get the empty tag, which no syslog header can produce.
-_LOG4J = re.compile(
+_LOG4J = LazyPattern(
     r"(?P<iso>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
     r"(?:TRACE|DEBUG|INFO|WARN|ERROR|FATAL) +\[[^\]]*\] (?P<rest>.*)",
     re.DOTALL,
 )
 
 _TAG = r"(?P<tag>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?"
-_WITH_HOST = re.compile(rf"(?P<host>\S*[^\s:]) {_TAG}: (?P<msg>.*)", re.DOTALL)
-_SYSLOG = re.compile(rf"{_YEARLESS} (?P<host>\S*[^\s:]) {_TAG}: (?P<msg>.*)", re.DOTALL)
-_NO_HOST = re.compile(rf"{_TAG}: (?P<msg>.*)", re.DOTALL)
-_BRACKET_TAG = re.compile(r"\[(?P<tag>[\w.-]+)\] (?P<msg>.*)", re.DOTALL)
+_WITH_HOST = LazyPattern(rf"(?P<host>\S*[^\s:]) {_TAG}: (?P<msg>.*)", re.DOTALL)
+_SYSLOG = LazyPattern(
+    rf"{_YEARLESS} (?P<host>\S*[^\s:]) {_TAG}: (?P<msg>.*)", re.DOTALL
+)
+_NO_HOST = LazyPattern(rf"{_TAG}: (?P<msg>.*)", re.DOTALL)
+_BRACKET_TAG = LazyPattern(r"\[(?P<tag>[\w.-]+)\] (?P<msg>.*)", re.DOTALL)
 
 # Solaris syslogd inserts "[ID 748625 mail.info] " before the message.
-_SOLARIS_ID = re.compile(r"\[ID \d+ [\w.]+\] ")
+_SOLARIS_ID = LazyPattern(r"\[ID \d+ [\w.]+\] ")
 # syslogd folds identical lines; what it wraps is the program's own message.
-_REPEATED = re.compile(r"message repeated \d+ times: \[ ?(?P<msg>.*)\]", re.DOTALL)
+_REPEATED = LazyPattern(r"message repeated \d+ times: \[ ?(?P<msg>.*)\]", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -108,11 +111,12 @@ def _skip_structured_data(rest: str) -> str | None:
 def finish(stamp: Stamp, host: str, tag: str, pid: str | None, msg: str) -> Record:
     msg = msg.removeprefix("\ufeff")
     # Either wrapper may come first: Solaris tags the folded line too.
+    # (The startswith tests only spare the regexes on the usual line.)
     for _ in range(2):
-        solaris = _SOLARIS_ID.match(msg)
+        solaris = _SOLARIS_ID.match(msg) if msg.startswith("[ID ") else None
         if solaris:
             msg = msg[solaris.end() :]
-        repeated = _REPEATED.fullmatch(msg)
+        repeated = _REPEATED.fullmatch(msg) if msg.startswith("message ") else None
         if repeated:
             msg = repeated["msg"]
     return Record(stamp, host, tag, pid or "", msg)
@@ -124,9 +128,9 @@ def parse(line: str) -> Record | None:
     # cannot be mistaken for any of the other forms below.
     match = _SYSLOG.fullmatch(line)
     if match:
-        return finish(
-            _stamp(match), match["host"], match["tag"], match["pid"], match["msg"]
-        )
+        # _stamp(match) would come to this, after a groupdict() per line.
+        day = timestamps.parse_yearless(match["mon"], match["day"], match["hms"])
+        return finish(day, match["host"], match["tag"], match["pid"], match["msg"])
 
     match = _RFC5424.fullmatch(line)
     if match:

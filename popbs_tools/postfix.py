@@ -2,8 +2,6 @@
 
 import logging
 import os
-import shutil
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -20,6 +18,8 @@ _SBIN = ("/usr/sbin", "/usr/local/sbin", "/opt/local/sbin", "/usr/pkg/sbin")
 
 def find_postconf() -> str:
     """postconf's path, in PATH or in the usual sbin directories."""
+    import shutil
+
     search = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
     found = shutil.which("postconf", path=search)
     if found is None:
@@ -36,6 +36,8 @@ def postconf(name: str, expand: bool = False) -> str:
     With `expand`, $name references in the value are expanded (postconf -x,
     Postfix 2.10 and later).
     """
+    import subprocess
+
     command = [find_postconf(), "-xh" if expand else "-h", name]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -57,6 +59,33 @@ def default_map_type() -> str:
     return value
 
 
+def settled_since() -> float | None:
+    """When Postfix's answer about its default map type may last have changed.
+
+    That is the last change to main.cf (MAIL_CONFIG, as postconf reads it) or
+    to the postconf binary (a package upgrade can change the compiled-in
+    default; dpkg keeps the packaged mtime, so the ctime is what moves).
+    None when either cannot be found: then only postconf can tell.
+    """
+    config = _changed_at(
+        Path(os.environ.get("MAIL_CONFIG") or "/etc/postfix") / "main.cf"
+    )
+    search = [*os.environ.get("PATH", "").split(os.pathsep), *_SBIN]
+    found = (_changed_at(Path(part) / "postconf") for part in search if part)
+    binary = next((when for when in found if when is not None), None)
+    if config is None or binary is None:
+        return None
+    return max(config, binary)
+
+
+def _changed_at(path: Path) -> float | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return max(status.st_mtime, status.st_ctime)
+
+
 def default_postmap() -> Path:
     return Path(postconf("command_directory")) / "postmap"
 
@@ -74,6 +103,8 @@ def build(postmap: Path, map_type: str, source: Path) -> Path:
     postmap exits 0 after some warnings (a malformed line is skipped, not
     refused), so a warning about our own file counts as a failure.
     """
+    import subprocess
+
     command = [str(postmap), f"{map_type}:{source}"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)

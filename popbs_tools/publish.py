@@ -30,6 +30,27 @@ def is_current(grant_file: Path, map_type: str) -> bool:
         return False
 
 
+def is_current_since(grant_file: Path, since: float) -> bool:
+    """Whether a map of some type was built from the grant file as it is now,
+    after `since` (when Postfix's default map type last may have changed).
+
+    Then that map is of the type Postfix would name: a cron run that changes
+    nothing need not ask postconf.
+    """
+    try:
+        source_time = grant_file.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+    for suffix in sorted(set(postfix.SUFFIXES.values())):
+        try:
+            built = grant_file.with_name(grant_file.name + suffix).stat()
+        except FileNotFoundError:
+            continue
+        if built.st_mtime_ns >= source_time and built.st_mtime >= since:
+            return True
+    return False
+
+
 def publish(grant_file: Path, data: bytes, map_type: str, postmap: Path | None) -> None:
     directory = grant_file.parent
     fsutil.remove_stale_temps(directory, grant_file.name)

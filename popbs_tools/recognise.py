@@ -20,6 +20,7 @@ from enum import Enum
 from popbs_tools import logline
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import SettingsError
+from popbs_tools.lazyre import LazyPattern
 from popbs_tools.logline import Record
 from popbs_tools.rules import BUILTIN_RULES, Fields, Role, Rule
 from popbs_tools.settings import RuleSpec
@@ -248,7 +249,7 @@ def judge_line(recogniser: Recogniser, line: str) -> tuple[Record | None, Verdic
 # The classic shape of a regex that takes exponential time on a line it fails
 # to match: a group of one repeated item, itself repeated, as in (a+)+ or
 # (?:\w*)*. Only that shape is refused; other slow regexes are not detected.
-_NESTED_REPEAT = re.compile(
+_NESTED_REPEAT = LazyPattern(
     r"\((?:\?:|\?P<\w+>)?(?:\\.|\[(?:\\.|[^\]\\])*\]|[^()\\\[|])[+*]\??\)"
     r"(?:[+*]|\{\d*,\})"
 )
@@ -295,7 +296,7 @@ def _custom_rule(spec: RuleSpec) -> Rule:
         name=spec.name,
         server=spec.server,
         tags=frozenset(spec.tags),
-        pattern=pattern,
+        pattern=LazyPattern(spec.regex, re.DOTALL, pattern),
         # Every syslog line of a program holds its tag.
         markers=tuple(marker.encode() for marker in markers),
         protocol=spec.protocol,

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from popbs_tools.lazyre import LazyPattern
+
 
 class Role(Enum):
     LOGIN = "login"
@@ -54,7 +56,7 @@ class Rule:
     # which the header parser reads as the program tag. Such a rule matches
     # the whole text, "TAG: MESSAGE".
     tags: frozenset[str]
-    pattern: re.Pattern[str]
+    pattern: LazyPattern
     # Bytes that every line this rule matches contains: the scanner only
     # parses lines that hold one of them.
     markers: tuple[bytes, ...]
@@ -92,7 +94,7 @@ def _rule(
         name,
         server,
         frozenset(tags),
-        re.compile(pattern, re.DOTALL),
+        LazyPattern(pattern, re.DOTALL),
         tuple(markers),
         tuple(once),
         protocol,
@@ -116,9 +118,9 @@ _IPV4 = r"\d{1,3}(?:\.\d{1,3}){3}"
 _POP = b"pop"
 _AUTH = b"Auth"
 
-_DOVECOT_USER = re.compile(r"(?:^|, )user=<(?P<user>.*?)>(?=, |$)", re.DOTALL)
-_DOVECOT_RIP = re.compile(rf"(?:^|, )rip=(?P<ip>{_IP})(?=, |$)")
-_DOVECOT_SESSION = re.compile(r", session=<(?P<session>[\w+/=-]+)>")
+_DOVECOT_USER = LazyPattern(r"(?:^|, )user=<(?P<user>.*?)>(?=, |$)", re.DOTALL)
+_DOVECOT_RIP = LazyPattern(rf"(?:^|, )rip=(?P<ip>{_IP})(?=, |$)")
+_DOVECOT_SESSION = LazyPattern(r", session=<(?P<session>[\w+/=-]+)>")
 
 # What a login process logs when the password was wrong; the login fields
 # (client-supplied user name included) follow.
@@ -163,7 +165,7 @@ def _dovecot_fields(match: re.Match[str]) -> Fields | str:
 
 # Zimbra's logging context (ZimbraLog.encodeArg): `key=value;` pairs, with a
 # `;` inside a value doubled. The user agent and the names are client-supplied.
-_ZIMBRA_PAIR = re.compile(r"(?P<key>[\w.-]+)=(?P<value>(?:[^;]|;;)*);")
+_ZIMBRA_PAIR = LazyPattern(r"(?P<key>[\w.-]+)=(?P<value>(?:[^;]|;;)*);")
 
 
 def _zimbra_context(match: re.Match[str]) -> Fields | str:

@@ -1,16 +1,15 @@
 """From log lines to logins: parse, recognise, resolve the time, apply the policy."""
 
 import logging
-import lzma
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from popbs_tools import journal, logline, progress, scanner
+from popbs_tools import logline, progress, scanner
 from popbs_tools.addresses import Policy
-from popbs_tools.compressed import open_any
+from popbs_tools.compressed import open_any, read_errors
 from popbs_tools.correlate import Sessions
 from popbs_tools.errors import InputError
 from popbs_tools.logline import Record
@@ -204,6 +203,8 @@ def _note_missing(key: str, missing: bool, current: State, now: float) -> None:
 def _journal_items(
     journal_source: JournalSource, saved: State, current: State, from_start: bool
 ) -> Iterator[Item]:
+    from popbs_tools import journal  # only with --journal
+
     name = journal_source.name
     cursor = None if from_start else saved.cursors.get(name)
     source = Source(name, None)
@@ -251,6 +252,6 @@ def _reading(name: str) -> Iterator[None]:
     """Turn a read error, or a corrupt compressed file, into an InputError."""
     try:
         yield
-    except (OSError, EOFError, lzma.LZMAError) as error:
+    except read_errors() as error:
         detail = getattr(error, "strerror", None) or str(error) or type(error).__name__
         raise InputError(f"cannot read {name}: {detail}") from None

@@ -7,11 +7,9 @@ state.Position), so rename, copytruncate and inode reuse are told apart
 without trusting inode numbers.
 """
 
-import ctypes
 import errno
 import hashlib
 import logging
-import lzma
 import os
 import signal
 import stat
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from popbs_tools import progress
-from popbs_tools.compressed import open_any
+from popbs_tools.compressed import open_any, read_errors
 from popbs_tools.errors import InputError
 from popbs_tools.state import START, Position
 
@@ -160,55 +158,50 @@ def _short(lines: list[bytes]) -> list[bytes]:
 def read_big(
     handle: BinaryIO, start: int, size: int, markers: tuple[bytes, ...]
 ) -> Iterator[bytes | int]:
-    """read_from(handle, start, markers, final=False), two processes at once.
+    """read_from(handle, start, markers, final=False), in two processes.
 
-    A first run on a big log, or a catch-up after downtime, spends most of its
-    time searching for markers. A child process searches the second half of
-    the file into an in-memory file (memfd: no name, no RSS of ours) while
-    this one searches the first half and interprets it; the child's lines
-    then follow, in file order, so the result is the same as one pass.
+    A first run on a big log, or a catch-up after downtime, spends its time
+    in two ways about equally: searching for markers and interpreting the
+    candidate lines, which only this process can do (sessions and years carry
+    from line to line). So a child process does the searching and sends the
+    candidates down a pipe while this one interprets them: the run takes the
+    longer of the two rather than their sum. The pipe bounds the memory both
+    ways: a child ahead of its reader waits.
     """
-    middle = _line_start_near(handle, start + (size - start) // 2, size)
-    if size - start < PARALLEL_MIN or middle is None:
+    if size - start < PARALLEL_MIN:
         yield from read_from(handle, start, markers, final=False)
         return
 
-    spool = os.memfd_create("popbs-candidates", os.MFD_CLOEXEC)
+    reading, writing = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
+            os.close(reading)
             _die_with(parent)
-            _spool_candidates(handle, middle, markers, spool)
+            _send_candidates(handle, start, markers, writing)
             code = 0
         finally:
             os._exit(code)
 
+    os.close(writing)
     try:
-        end = middle
-        for item in read_from(handle, start, markers, final=False, stop=middle):
+        end = start
+        for item in _received(reading):
             if isinstance(item, int):
                 end = item
             yield item
-        _, status = os.waitpid(child, 0)
+        os.waitpid(child, 0)
         child = 0
-        if end != middle or status != 0:
-            # Not expected; the serial reader is always right.
-            yield from read_from(handle, end, markers, final=False)
-            return
-        for item in _unspool(spool):
-            if isinstance(item, int):
-                end = item
-            yield item
-        # The child stops early when its spool fills (a log made mostly of
-        # candidate lines); the rest, if any, is read here.
+        # Whatever the child did not send (it failed, or the log grew since
+        # it reached the end) is read here; usually nothing.
         yield from read_from(handle, end, markers, final=False)
     finally:
         if child:
             os.kill(child, 9)
             os.waitpid(child, 0)
-        os.close(spool)
+        os.close(reading)
 
 
 def _die_with(parent: int) -> None:
@@ -217,6 +210,8 @@ def _die_with(parent: int) -> None:
     A killed sync must not leave a child behind that holds the lock (it
     shares the parent's lock file) and keeps cron's next runs out.
     """
+    import ctypes  # only in the child: ctypes is slow to import
+
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
@@ -224,55 +219,45 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-# The spool is memory (a memfd): a child stops once it holds this much.
-SPOOL_MAX = 64 << 20
-
 # Below this much to read, one process is as quick.
 PARALLEL_MIN = 64 << 20
 
 
-def _line_start_near(handle: BinaryIO, offset: int, size: int) -> int | None:
-    handle.seek(offset)
-    data = handle.read(MAX_LINE)
-    newline = data.find(b"\n")
-    if newline == -1 or offset + newline + 1 >= size:
-        return None
-    return offset + newline + 1
-
-
-def _spool_candidates(
-    handle: BinaryIO, start: int, markers: tuple[bytes, ...], spool: int
+def _send_candidates(
+    handle: BinaryIO, start: int, markers: tuple[bytes, ...], pipe: int
 ) -> None:
+    """Send each read's lines in one record: "C", the offset after them, their
+    count and size, then the lines joined by newlines (none holds one)."""
     # Our own open file description: the parent's shares its offset.
     with (
         open(f"/proc/self/fd/{handle.fileno()}", "rb") as own,
-        open(spool, "wb", closefd=False) as out,
+        open(pipe, "wb", buffering=CHUNK) as out,
     ):
-        end = start
-        spooled = 0
+        lines: list[bytes] = []
         for item in read_from(own, start, markers, final=False):
-            if isinstance(item, int):
-                end = item
-                out.write(b"C" + item.to_bytes(8, "big"))
-                if spooled > SPOOL_MAX:
-                    break  # the parent reads the rest itself
-            else:
-                out.write(b"L" + len(item).to_bytes(4, "big") + item)
-                spooled += len(item)
-        out.write(b"E" + end.to_bytes(8, "big"))
+            if not isinstance(item, int):
+                lines.append(item)
+                continue
+            joined = b"\n".join(lines)
+            header = item.to_bytes(8, "big") + len(lines).to_bytes(4, "big")
+            out.write(b"C" + header + len(joined).to_bytes(4, "big") + joined)
+            lines = []
 
 
-def _unspool(spool: int) -> Iterator[bytes | int]:
-    os.lseek(spool, 0, os.SEEK_SET)
-    with open(spool, "rb", closefd=False) as records:
-        while kind := records.read(1):
-            if kind in (b"C", b"E"):
-                yield int.from_bytes(records.read(8), "big")
-                if kind == b"E":
-                    return
-            else:
-                yield records.read(int.from_bytes(records.read(4), "big"))
-    raise OSError("the child scanning the second half stopped short")
+def _received(pipe: int) -> Iterator[bytes | int]:
+    """The child's lines and offsets, each batch whole or not at all: a child
+    that dies mid-way leaves no line that the serial reader, taking over from
+    the last offset, would hand on again."""
+    with open(pipe, "rb", buffering=CHUNK, closefd=False) as records:
+        while len(header := records.read(17)) == 17:
+            count = int.from_bytes(header[9:13], "big")
+            size = int.from_bytes(header[13:17], "big")
+            joined = records.read(size)
+            lines = joined.split(b"\n") if count else []
+            if header[:1] != b"C" or len(joined) != size or len(lines) != count:
+                return
+            yield from lines
+            yield int.from_bytes(header[1:9], "big")
 
 
 def _skip(handle: BinaryIO, count: int) -> None:
@@ -532,7 +517,7 @@ class LogScan:
         with handle:
             try:
                 return holds(handle, position)
-            except (OSError, EOFError, lzma.LZMAError):
+            except read_errors():
                 return False
 
     def _read_generation(

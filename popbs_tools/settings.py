@@ -1,6 +1,5 @@
 """Settings: option, then POPBS_<NAME>, then the config file, then the default."""
 
-import configparser
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,6 +117,8 @@ class Settings:
 
 
 def _read_config(path: Path, required: bool) -> tuple[dict[str, str], list[RuleSpec]]:
+    import configparser  # slow to import, and a config file is optional
+
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding="utf-8") as handle:

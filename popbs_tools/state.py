@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,6 +285,8 @@ def _keep_previous(path: Path, previous: Path) -> None:
         _read(path)
     except (FileNotFoundError, Corrupt, StateError):
         return
+    import secrets
+
     link = previous.with_name(f".{previous.name}.{secrets.token_hex(4)}")
     os.link(path, link)
     os.replace(link, previous)

@@ -64,11 +64,13 @@ def _local(year: int, stamp: Yearless) -> float | None:
     return None if minute is None else minute + stamp.second
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _local_minute(
     year: int, month: int, day: int, hour: int, minute: int, isdst: int = -1
 ) -> float | None:
     # A log's lines share their minutes: mktime once a minute, not a line.
+    # Lines come in order, so a few recent minutes suffice; a bigger table
+    # made a scan's memory grow with the log (issue 5, P4).
     try:
         datetime(year, month, day)
     except ValueError:
@@ -138,7 +140,7 @@ def parse_iso(text: str) -> datetime | None:
 
 def parse_yearless(month: str, day: str, hms: str) -> Yearless | None:
     try:
-        hour, minute, second = (int(part) for part in hms.split(":"))
+        hour, minute, second = map(int, hms.split(":"))
     except ValueError:
         return None
     if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 61):
