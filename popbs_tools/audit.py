@@ -9,9 +9,7 @@ popbs, as Postfix's own lines are.
 """
 
 import logging
-import logging.handlers
 import os
-import socket
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -76,19 +74,23 @@ def report(
         pruned(key, before[key])
 
 
-class _SysLogHandler(logging.handlers.SysLogHandler):
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
-        # The system log went away mid-run (syslogd restarting): one line on
-        # stderr, not logging's traceback, and the run goes on.
-        if not getattr(self, "_warned", False):
-            self._warned = True
-            logging.getLogger("popbs_tools").warning(
-                "cannot write to the system log at %s", self.address
-            )
-
-
 def to_syslog(environ: Mapping[str, str]) -> None:
     """Send the audit lines to the system log as well."""
+    # Imported here: logging.handlers brings socket and more, which a cron
+    # run without --syslog does not need.
+    import logging.handlers
+    import socket
+
+    class _SysLogHandler(logging.handlers.SysLogHandler):
+        def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+            # The system log went away mid-run (syslogd restarting): one line
+            # on stderr, not logging's traceback, and the run goes on.
+            if not getattr(self, "_warned", False):
+                self._warned = True
+                logging.getLogger("popbs_tools").warning(
+                    "cannot write to the system log at %s", self.address
+                )
+
     path = environ.get(SOCKET_VARIABLE) or SYSLOG_SOCKET
     handler = _SysLogHandler(
         address=path,

@@ -15,16 +15,12 @@ import click
 from popbs_tools import (
     __version__,
     audit,
-    doctor,
     grants,
     jobs,
     lastrun,
     manual,
-    preview,
     progress,
-    schedule,
     settings,
-    status,
 )
 from popbs_tools.addresses import normalise
 from popbs_tools.errors import (
@@ -357,6 +353,8 @@ def sync(config: Settings, reset: bool, dry_run: bool, watch: str | None) -> int
 
 
 def _dry_run(config: Settings, reset: bool) -> int:
+    from popbs_tools import preview
+
     seen = preview.dry_run(config, reset)
     for line in seen.lines():
         out(line)
@@ -686,6 +684,9 @@ def status_(config: Settings, as_json: bool) -> int:
       popbs status
       popbs status --json | jq .lock.held
     """
+    # Imported here, as doctor's and preview's modules: a cron run needs none.
+    from popbs_tools import status
+
     found = status.collect(config)
     if as_json:
         out(json.dumps(status.as_json(found), indent=1, sort_keys=True))
@@ -717,6 +718,8 @@ def doctor_(config: Settings, as_json: bool) -> int:
       popbs doctor
       popbs doctor --config /etc/popbs/popbs.conf --json
     """
+    from popbs_tools import doctor, schedule
+
     places = schedule.places(settings.environment())
     results = doctor.run(doctor.context(config, places))
     if as_json:

@@ -20,8 +20,6 @@ file last. A crash at any point leaves the old table or the new one.
 import contextlib
 import logging
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +28,8 @@ from popbs_tools import fsutil, grants, mtaforms, publish
 from popbs_tools.errors import MapError
 
 if TYPE_CHECKING:
+    import subprocess
+
     from popbs_tools.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,17 @@ def _temp(target: Path, data: bytes, leftovers: list[Path]) -> Path:
 
 def find_command(name: str) -> str:
     search = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
+    import shutil
+
     found = shutil.which(name, path=search)
     if found is None:
         raise MapError(f"{name} not found in PATH: install it or add it to PATH")
     return found
 
 
-def _run(command: list[str], stdin: Path) -> subprocess.CompletedProcess[str]:
+def _run(command: list[str], stdin: Path) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+
     try:
         with open(stdin, "rb") as handle:
             return subprocess.run(
@@ -178,7 +182,7 @@ def _run(command: list[str], stdin: Path) -> subprocess.CompletedProcess[str]:
         raise MapError(f"cannot run {command[0]}: {error}") from None
 
 
-def _failure(name: str, done: subprocess.CompletedProcess[str]) -> str:
+def _failure(name: str, done: "subprocess.CompletedProcess[str]") -> str:
     lines = done.stderr.strip().splitlines()
     return f"{name} failed: {(lines or [f'exit status {done.returncode}'])[-1]}"
 
@@ -247,7 +251,7 @@ def _ipv6_grant_rule(line: str) -> bool:
 
 def _tcprules_run(
     tcprules: str, rules: Path, target: Path, leftovers: list[Path]
-) -> subprocess.CompletedProcess[str]:
+) -> "subprocess.CompletedProcess[str]":
     # tcprules truncates its temp file and keeps the mode: created here, it
     # has an unpredictable name and the 0644 tcpserver needs to read the cdb.
     temp_cdb = _temp(target, b"", leftovers)

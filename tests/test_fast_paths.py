@@ -17,7 +17,7 @@ from popbs_tools import addresses as addresses_module
 from popbs_tools import grants
 from popbs_tools.addresses import (
     Policy,
-    _refusal,
+    _local_refusal,
     ipv4_number,
     ipv6_number,
     normalise,
@@ -82,8 +82,16 @@ def test_normalise(text: str, key: str | None) -> None:
                 ipaddress.ip_network("2001:db8::/32"),
             ]
         ),
+        Policy.with_extra(
+            [ipaddress.ip_network("198.51.100.128/25")],
+            allow=[
+                ipaddress.ip_network("198.51.100.0/24"),
+                ipaddress.ip_network("203.0.113.0/24"),
+                ipaddress.ip_network("2001:db8::/32"),
+            ],
+        ),
     ],
-    ids=["builtin", "with-never-grant"],
+    ids=["builtin", "with-never-grant", "with-allow-list"],
 )
 def test_ipv4_refusal_agrees_with_ipaddress(policy: Policy) -> None:
     rng = random.Random(7)
@@ -94,7 +102,7 @@ def test_ipv4_refusal_agrees_with_ipaddress(policy: Policy) -> None:
     numbers = edges + [rng.getrandbits(32) for _ in range(20000)]
     for number in numbers:
         key = str(ipaddress.IPv4Address(number))
-        assert policy.refusal(key) == _refusal(policy, key), key
+        assert policy.refusal(key) == _local_refusal(policy, key), key
 
 
 def test_sort_key_orders_as_ipaddress() -> None:
@@ -152,7 +160,7 @@ def test_ipv6_keys_agree_with_ipaddress() -> None:
             quick += ipv6_number(key) is not None
             assert ipv6_number(key) in (None, int(address)), key
             # The exploded spelling takes ipaddress's way.
-            slow = _refusal.__wrapped__(policy, address.exploded)
+            slow = _local_refusal.__wrapped__(policy, address.exploded)
             assert policy.refusal(key) == slow, key
             assert grants.sort_key(key) == (6, int(address)), key
     assert quick > len(addresses) // 2
