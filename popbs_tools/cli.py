@@ -168,6 +168,13 @@ def _setting_options(command: F) -> F:
             help="The MTA whose table is built: postfix (default), sendmail "
             "(makemap), exim (net-lsearch file) or qmail (tcprules).",
         ),
+        click.option(
+            "--rotated",
+            multiple=True,
+            metavar="GLOB",
+            help="Also look for a log's rotated generations among these files "
+            "(logrotate's olddir: /var/log/old/*); repeatable.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)

@@ -303,7 +303,13 @@ def _sync_locked(settings: Settings) -> Change:
     reader = interpreter(settings)
     every = min(CHECKPOINT, settings.max_read) if settings.max_read else CHECKPOINT
     found, current = scan_configured(
-        reader, settings.logs, journal_source(settings), saved, False, every
+        reader,
+        settings.logs,
+        journal_source(settings),
+        saved,
+        False,
+        every,
+        settings.rotated,
     )
 
     latest: Grants = {}
@@ -429,6 +435,7 @@ def scan_with_state(
                 journal_source(settings),
                 saved,
                 from_start,
+                rotated=settings.rotated,
             )
             for login in found:
                 if isinstance(login, Found):
@@ -450,6 +457,7 @@ def scan_without_state(settings: Settings, from_start: bool) -> Iterator[Found]:
         journal_source(settings),
         saved,
         from_start,
+        rotated=settings.rotated,
     )
     return (item for item in found if isinstance(item, Found))
 

@@ -52,7 +52,12 @@ def dry_run(settings: Settings, reset: bool = False) -> Preview:
         saved = state.State(manual=saved.manual, revoked=saved.revoked)
     reader = jobs.interpreter(settings)
     found, current = scan_configured(
-        reader, settings.logs, jobs.journal_source(settings), saved, False
+        reader,
+        settings.logs,
+        jobs.journal_source(settings),
+        saved,
+        False,
+        rotated=settings.rotated,
     )
 
     latest: Grants = {}

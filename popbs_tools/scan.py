@@ -148,6 +148,7 @@ def scan_configured(
     saved: State,
     from_start: bool,
     checkpoint_every: int = 0,
+    rotated: tuple[str, ...] = (),
 ) -> tuple[Iterator[Found | Checkpoint], State]:
     """Logins in the configured logs and journal since their saved positions.
 
@@ -165,7 +166,7 @@ def scan_configured(
             previous = None if from_start else saved.logs.get(key)
             finished = None if from_start else saved.finished.get(key)
             reader = scanner.LogScan(
-                path, previous, markers, finished, checkpoint_every
+                path, previous, markers, finished, checkpoint_every, rotated
             )
             with _reading(key):
                 yield from reader.lines()

@@ -349,22 +349,27 @@ def _newness(path: Path, log: Path) -> tuple[int, float, bool]:
         return 2, 0.0, plain
 
 
-def rotated_siblings(path: Path) -> list[Path]:
+def rotated_siblings(path: Path, globs: tuple[str, ...] = ()) -> list[Path]:
     """Files that may be earlier generations of `path`, newest first.
 
-    logrotate and savelog write X.1, X.0, X-YYYYMMDD, each maybe compressed.
+    logrotate and savelog write X.1, X.0, X-YYYYMMDD, each maybe compressed,
+    beside X or, with logrotate's olddir, in a directory the `globs` name.
     """
     try:
         entries = list(path.parent.iterdir())
     except OSError:
-        return []
+        entries = []
+    if globs:
+        import glob
+
+        entries += [Path(name) for pattern in globs for name in glob.glob(pattern)]
     names = (path.name + ".", path.name + "-")
-    found = [
-        entry
+    found = {
+        str(entry): entry
         for entry in entries
         if entry.name.startswith(names) and entry.is_file() and not entry.is_symlink()
-    ]
-    return sorted(found, key=lambda entry: _newness(entry, path), reverse=True)
+    }
+    return sorted(found.values(), key=lambda e: _newness(e, path), reverse=True)
 
 
 @dataclass
@@ -383,6 +388,8 @@ class LogScan:
     finished_before: Position | None = None
     # Offer a Checkpoint after each this many bytes of the current file.
     checkpoint_every: int = 0
+    # Where else rotated generations may be (settings.rotated).
+    rotated_globs: tuple[str, ...] = ()
     position: Position | None = None
     finished: Position | None = None
     missing: bool = False
@@ -446,7 +453,7 @@ class LogScan:
 
     def _read_by_inode(self) -> Iterator[tuple[Source, bytes | Checkpoint]]:
         assert self.saved is not None
-        for sibling in rotated_siblings(self.path):
+        for sibling in rotated_siblings(self.path, self.rotated_globs):
             try:
                 same = (sibling.stat().st_dev, sibling.stat().st_ino) == (
                     self.saved.dev,
@@ -471,7 +478,7 @@ class LogScan:
     def _finish_previous(self) -> Iterator[tuple[Source, bytes | Checkpoint]]:
         """Finish the saved generation, then read every newer rotated one."""
         assert self.saved is not None
-        siblings = rotated_siblings(self.path)
+        siblings = rotated_siblings(self.path, self.rotated_globs)
         for index, sibling in enumerate(siblings):
             if not self._holds(sibling, self.saved):
                 continue
@@ -499,7 +506,7 @@ class LogScan:
         before = self.finished_before
         if before is None:
             return
-        for sibling in rotated_siblings(self.path)[:2]:
+        for sibling in rotated_siblings(self.path, self.rotated_globs)[:2]:
             if self._holds(sibling, before):
                 if sibling.stat().st_size > before.offset:
                     # No checkpoints: saved, one would send the next run back

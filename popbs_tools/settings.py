@@ -37,8 +37,9 @@ KEYS = (
     "trust_mynetworks",
     "syslog",
     "mta",
+    "rotated",
 )
-LISTS = ("log", "never_grant", "journal_file", "disable", "allow")
+LISTS = ("log", "never_grant", "journal_file", "disable", "allow", "rotated")
 DEFAULT_MAX_SESSION = "12h"
 # A flood of logins (an attack, a botnet of compromised accounts) must not
 # grow the map without bound; see popbs.conf(5), "max_grants".
@@ -97,6 +98,8 @@ class Settings:
     rules: tuple[RuleSpec, ...] = ()
     syslog: bool = False
     mta: str = "postfix"
+    # Globs of rotated generations kept elsewhere (logrotate's olddir).
+    rotated: tuple[str, ...] = ()
 
     @property
     def map_type(self) -> str:
@@ -323,6 +326,7 @@ def resolve(
         rules=tuple(rules),
         syslog=flag("syslog", False),
         mta=mta,
+        rotated=tuple(pick("rotated") or ()),
     )
 
 

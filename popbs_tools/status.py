@@ -79,7 +79,7 @@ def collect(settings: Settings) -> Status:
     return Status(
         state_dir=str(settings.state_dir),
         now=settings.now,
-        logs=[_log(path, saved) for path in settings.logs],
+        logs=[_log(path, saved, settings.rotated) for path in settings.logs],
         journals=dict(saved.cursors),
         map=_map(settings),
         lock=lock_status(settings.state_dir / state.LOCK_FILE),
@@ -97,7 +97,7 @@ def _state(state_dir: Path) -> tuple[state.State, str | None]:
         return state.State(), str(error)
 
 
-def _log(path: Path, saved: state.State) -> LogStatus:
+def _log(path: Path, saved: state.State, globs: tuple[str, ...]) -> LogStatus:
     key = str(path)
     position = saved.logs.get(key)
     size: int | None = None
@@ -121,14 +121,14 @@ def _log(path: Path, saved: state.State) -> LogStatus:
         ino=position.ino if position and position.ino else None,
         same_file=same,
         rotated=saved.rotated.get(key),
-        last_rotation=_rotation(path, finished) if finished else None,
+        last_rotation=_rotation(path, finished, globs) if finished else None,
         missing_since=saved.missing.get(key),
     )
 
 
-def _rotation(path: Path, finished: state.Position) -> Rotation:
+def _rotation(path: Path, finished: state.Position, globs: tuple[str, ...]) -> Rotation:
     holder = None
-    for sibling in scanner.rotated_siblings(path):
+    for sibling in scanner.rotated_siblings(path, globs):
         try:
             info = sibling.stat()
         except OSError:

@@ -140,3 +140,25 @@ def test_a_huge_line_of_junk_between_logins_loses_neither(setup: Setup) -> None:
     setup.append(dovecot_line("198.51.100.2"))
     assert scanned(setup) == ["198.51.100.2"]
     assert scanned(setup) == []
+
+
+def test_rotated_into_another_directory_is_found_through_a_glob(
+    setup: Setup,
+) -> None:
+    """logrotate's olddir: the old generation moves to another directory."""
+    old = setup.root / "old"
+    old.mkdir()
+    setup.append(*noise(40), dovecot_line("198.51.100.1"))
+    assert scanned(setup) == ["198.51.100.1"]
+    setup.append(dovecot_line("198.51.100.2"))
+
+    (setup.root / "mail.log").rename(old / "mail.log.1")
+    setup.append(dovecot_line("198.51.100.3"))
+    glob = ["--rotated", str(old / "*")]
+    done = setup.popbs("scan", *NOW, *glob, check=True)
+    assert [line.split()[0] for line in done.stdout.splitlines()] == [
+        "198.51.100.2",
+        "198.51.100.3",
+    ]
+    assert "truncated or replaced" not in done.stderr
+    assert setup.popbs("scan", *NOW, *glob, check=True).stdout == ""
