@@ -29,15 +29,25 @@ def _stamp(when: float) -> str:
 
 def field(text: str) -> str:
     """A value as one word: white space, backslashes and control characters
-    become \\xNN, so that a user name cannot forge the rest of a line."""
+    become \\xNN (\\uNNNN, \\UNNNNNNNN beyond Latin-1), so that a user name
+    cannot forge the rest of a line, and every escape reads one way."""
     if text.isprintable() and " " not in text and "\\" not in text:
         return text or "-"
     return "".join(
         char
         if char.isprintable() and not char.isspace() and char != "\\"
-        else f"\\x{ord(char):02x}"
+        else _escape(char)
         for char in text
     )
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def added(key: str, when: float, user: str | None, server: str | None) -> None:
@@ -88,7 +98,8 @@ def to_syslog(environ: Mapping[str, str]) -> None:
             if not getattr(self, "_warned", False):
                 self._warned = True
                 logging.getLogger("popbs_tools").warning(
-                    "cannot write to the system log at %s", self.address
+                    "cannot reach the system log at %s; audit lines lost",
+                    self.address,
                 )
 
     path = environ.get(SOCKET_VARIABLE) or SYSLOG_SOCKET
@@ -97,13 +108,6 @@ def to_syslog(environ: Mapping[str, str]) -> None:
         facility=logging.handlers.SysLogHandler.LOG_MAIL,
         socktype=socket.SOCK_DGRAM,
     )
-    # SysLogHandler ignores a failed connection (and tries again for each
-    # line): say so now, once.
-    connected = getattr(handler, "socket", None)
-    if connected is None or connected.fileno() < 0:
-        handler.close()
-        log.warning("cannot reach the system log at %s; audit lines lost", path)
-        return
     handler.append_nul = False
     handler.ident = f"{IDENT}[{os.getpid()}]: "
     handler.setLevel(logging.INFO)

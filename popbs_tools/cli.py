@@ -399,7 +399,11 @@ def scan(
     """
 
     def emit(login: Found) -> None:
-        out(json.dumps(login.__dict__) if as_json else login.as_text())
+        if as_json:
+            fields = {k: v for k, v in login.__dict__.items() if v is not None}
+            out(json.dumps(fields))
+        else:
+            out(login.as_text())
 
     if files:
         for login in scan_files(jobs.interpreter(config), files):

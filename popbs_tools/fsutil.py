@@ -99,3 +99,22 @@ def unsafe(path: Path) -> str | None:
     if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
         return f"{parent} is writable by everyone and not sticky"
     return None
+
+
+def foreign(directory: Path) -> str | None:
+    """Why popbs must not trust what is in `directory`, its own, or None.
+
+    Another user who owns it, or may write to it, could plant state or
+    requests that popbs, running as root, would act on.
+    """
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return error.strerror
+    if info.st_uid not in (0, os.geteuid()):
+        return f"it is owned by uid {info.st_uid}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "it is writable by other users"
+    return None

@@ -46,6 +46,8 @@ class Change:
     # The grant file's table before and after the change.
     before: Grants = field(default_factory=dict)
     after: Grants = field(default_factory=dict)
+    # A run stopped by --max-read: more is waiting to be read.
+    more: bool = False
 
 
 def interpreter(settings: Settings) -> Interpreter:
@@ -174,17 +176,30 @@ def _lock_path(settings: Settings) -> Path:
     if problem:
         raise MapError(f"refusing to use {settings.map_path}: {problem}")
     state.prepare_dir(settings.state_dir)
+    for directory in (settings.state_dir, settings.state_dir / manual.REQUESTS_DIR):
+        problem = fsutil.foreign(directory)
+        if problem:
+            raise StateError(f"refusing to use {directory}: {problem}")
     return lock
 
 
 def sync(settings: Settings, reset: bool = False) -> Change | None:
-    """The cron job. Returns None when another run holds the lock."""
+    """The cron job. Returns None when another run holds the lock.
+
+    With `reset`, an admin's recovery step, it waits for a running (or
+    watching) sync to hand the lock over, as the other manual commands do.
+    """
     try:
-        with locking.held(_lock_path(settings)):
+        with locking.held(_lock_path(settings), wait=MANUAL_WAIT if reset else 0):
             if reset:
                 state.reset(settings.state_dir)
             return _sync_locked(settings)
     except locking.Busy:
+        if reset:
+            raise StateError(
+                f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; "
+                "nothing was reset: try again"
+            ) from None
         log.info("another popbs run holds the lock; nothing done")
         return None
 
@@ -266,12 +281,15 @@ def _watch_locked(
     change = _sync_locked(at_now())
     last_pass = time.monotonic()
     while time.monotonic() + poll < deadline:
-        time.sleep(poll)
+        # A backlog cut by --max-read: go on with it at once.
+        if not change.more:
+            time.sleep(poll)
         if locking.waited_for(lock):
             log.info("another popbs run waits for the lock; handing it over")
             return change, True
         now = _fingerprint(settings)
-        if now == seen and time.monotonic() - last_pass < idle_pass:
+        quiet = now == seen and not change.more
+        if quiet and time.monotonic() - last_pass < idle_pass:
             continue
         seen = now
         last_pass = time.monotonic()
@@ -313,6 +331,9 @@ def _sync_locked(settings: Settings) -> Change:
     )
 
     latest: Grants = {}
+    # When the newest login of each address began (a session's end is
+    # logged later), for revocations.
+    began: dict[str, float] = {}
     # The user and server of the newest login of each address, for --syslog.
     logins: dict[str, tuple[str, str]] = {}
     read_so_far = 0
@@ -321,23 +342,25 @@ def _sync_locked(settings: Settings) -> Change:
             if item.time > latest.get(item.ip, -1):
                 latest[item.ip] = item.time
                 logins[item.ip] = (item.user, item.server)
+            start = item.time if item.since is None else item.since
+            began[item.ip] = max(start, began.get(item.ip, -1))
             continue
         # A checkpoint in a long read: publish what was found so far and save
         # the position, so that a run killed later still moved forward.
         read_so_far += every
-        _commit_checkpoint(settings, reader, current, item, latest, logins)
+        _commit_checkpoint(settings, reader, current, item, latest, logins, began)
         latest = {}
         if settings.max_read and read_so_far >= settings.max_read:
             log.info("read %d bytes (--max-read); the rest next run", read_so_far)
             found.close()  # type: ignore[attr-defined]
-            return Change(published=True)
+            return Change(published=True, more=True)
 
     # Grants and revocations queued by hand meanwhile (see manual.py).
     requests = manual.queued(settings.state_dir)
-    manual.apply(requests, current)
+    fresh = manual.apply(requests, current, settings.policy)
     logins.update(manual.audit_names(requests))
 
-    edit = sync_edit(settings, reader, current, latest)
+    edit = sync_edit(settings, reader, current, latest, began, fresh)
     change = update(settings, edit, publish_map=True)
     audited(change, logins)
 
@@ -351,13 +374,18 @@ def _sync_locked(settings: Settings) -> Change:
 
 
 def sync_edit(
-    settings: Settings, reader: Interpreter, current: state.State, latest: Grants
+    settings: Settings,
+    reader: Interpreter,
+    current: state.State,
+    latest: Grants,
+    began: dict[str, float],
+    fresh: set[str],
 ) -> Callable[[Grants], Grants]:
     """What a sync does to the grants once the logs are read.
 
     Revocations and hand grants in `current` apply (and expire there).
     """
-    logins = manual.not_revoked(latest.items(), current)
+    logins = manual.not_revoked(latest.items(), current, began)
     assert reader.tracker is not None
     reader.tracker.expire(
         settings.now, settings.max_session, settings.ttl, settings.disabled
@@ -377,7 +405,9 @@ def sync_edit(
         for key in connected:
             if merged.get(key, -1) <= stale:
                 merged[key] = int(settings.now)
-        return manual.adjust(merged, current, settings.now, settings.ttl)
+        return manual.adjust(
+            merged, current, settings.now, settings.ttl, settings.policy, fresh
+        )
 
     return edit
 
@@ -389,9 +419,10 @@ def _commit_checkpoint(
     checkpoint: Checkpoint,
     latest: Grants,
     logins: dict[str, tuple[str, str]],
+    began: dict[str, float],
 ) -> None:
     """Publish the logins found so far, then save the state as of `checkpoint`."""
-    granted = manual.not_revoked(latest.items(), current)
+    granted = manual.not_revoked(latest.items(), current, began)
     change = update(
         settings,
         lambda table: grants.merge(table, granted, settings.now),
@@ -540,11 +571,13 @@ def _apply_requests(settings: Settings) -> Change:
     saved = state.load(settings.state_dir)
     current = saved.copy()
     requests = manual.queued(settings.state_dir)
-    manual.apply(requests, current)
+    fresh = manual.apply(requests, current, settings.policy)
 
     change = update(
         settings,
-        lambda table: manual.adjust(table, current, settings.now, settings.ttl),
+        lambda table: manual.adjust(
+            table, current, settings.now, settings.ttl, settings.policy, fresh
+        ),
         publish_map=True,
     )
     audited(change, manual.audit_names(requests))

@@ -20,6 +20,7 @@ file last. A crash at any point leaves the old table or the new one.
 import contextlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,10 @@ SENDMAIL_CF = Path("/etc/mail/sendmail.cf")
 
 # cron's PATH is usually /usr/bin:/bin; makemap lives in sbin.
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin")
+# makemap and tcprules build 100 000 entries in about a second; one that runs
+# far longer is stuck (tcprules spins on some malformed lines), and the lock
+# must not be held for minutes.
+MAP_TIMEOUT = 60
 
 
 @dataclass(frozen=True)
@@ -138,14 +143,31 @@ def _publish_derived(grant_file: Path, data: bytes, mta: str) -> None:
 
 
 def _read_local(path: Path | None) -> bytes:
+    """The admin's own lines, if root (or this user) wrote them.
+
+    They go into the table first, so they must come from no one else: not
+    through a link, not from a file another user owns or may write.
+    """
     if path is None:
         return b""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return b""
     except OSError as error:
         raise MapError(f"cannot read {path}: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        problem = None
+        if not stat.S_ISREG(info.st_mode):
+            problem = "it is not a regular file"
+        elif info.st_uid not in (0, os.geteuid()):
+            problem = f"it is owned by uid {info.st_uid}"
+        elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problem = "it is writable by other users"
+        if problem:
+            raise MapError(f"refusing to use {path}: {problem}")
+        return handle.read()
 
 
 def _temp(target: Path, data: bytes, leftovers: list[Path]) -> Path:
@@ -176,7 +198,11 @@ def _run(command: list[str], stdin: Path) -> "subprocess.CompletedProcess[str]":
     try:
         with open(stdin, "rb") as handle:
             return subprocess.run(
-                command, stdin=handle, capture_output=True, text=True, timeout=300
+                command,
+                stdin=handle,
+                capture_output=True,
+                text=True,
+                timeout=MAP_TIMEOUT,
             )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise MapError(f"cannot run {command[0]}: {error}") from None

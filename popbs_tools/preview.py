@@ -61,14 +61,19 @@ def dry_run(settings: Settings, reset: bool = False) -> Preview:
     )
 
     latest: Grants = {}
+    began: dict[str, float] = {}
     for item in found:
-        if isinstance(item, Found) and item.time > latest.get(item.ip, -1):
-            latest[item.ip] = item.time
+        if not isinstance(item, Found):
+            continue
+        latest[item.ip] = max(item.time, latest.get(item.ip, -1))
+        start = item.time if item.since is None else item.since
+        began[item.ip] = max(start, began.get(item.ip, -1))
 
     # Queued grants and revocations, as the sync would apply them.
-    manual.apply(manual.queued(settings.state_dir, set_aside=False), current)
+    requests = manual.queued(settings.state_dir, set_aside=False)
+    fresh = manual.apply(requests, current, settings.policy)
     old_data, new_data, change = jobs.planned(
-        settings, jobs.sync_edit(settings, reader, current, latest)
+        settings, jobs.sync_edit(settings, reader, current, latest, began, fresh)
     )
     rebuild = False
     if new_data == old_data:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from popbs_tools import logline, progress, scanner
 from popbs_tools.addresses import Policy
+from popbs_tools.audit import field
 from popbs_tools.compressed import open_any, read_errors
 from popbs_tools.correlate import Sessions
 from popbs_tools.errors import InputError
@@ -32,19 +33,14 @@ class Found:
     server: str
     protocol: str
     log: str
+    # For the end of an IMAP session: when its login was (time is the end).
+    since: int | None = None
 
     def as_text(self) -> str:
         # One record a line, four fields: white space in a user name would
-        # shift the columns, so it is written as \xNN.
-        user = self.user
-        if not (user.isprintable() and " " not in user and "\\" not in user):
-            user = "".join(
-                char
-                if char.isprintable() and not char.isspace() and char != "\\"
-                else f"\\x{ord(char):02x}"
-                for char in user
-            )
-        return f"{self.ip} {self.time} {user or '-'} {self.server}"
+        # shift the columns, so it is escaped as in the audit trail.
+        user = field(self.user)
+        return f"{self.ip} {self.time} {user} {self.server}"
 
 
 Item = tuple[Source, bytes | Record | Checkpoint]
@@ -125,7 +121,13 @@ class Interpreter:
         if session is None or when is None or self.policy.refusal(session.ip):
             return None
         return Found(
-            session.ip, int(when), session.user, session.server, "imap", source.name
+            session.ip,
+            int(when),
+            session.user,
+            session.server,
+            "imap",
+            source.name,
+            int(session.since),
         )
 
 

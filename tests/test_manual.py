@@ -259,3 +259,133 @@ def test_merge_honours_a_revocation_unless_the_login_is_newer(setup: Setup) -> N
     setup.popbs("merge", *at("15:02:00"), stdin=fresh, check=True)
     setup.popbs("sync", *at("15:03:00"), check=True)
     assert setup.query(ALICE) == str(epoch("15:01:30"))
+
+
+def test_a_hand_grant_leaves_when_the_policy_tightens(setup: Setup) -> None:
+    setup.popbs("grant", ALICE, "--ttl", "2h", *at("15:00:00"), check=True)
+    done = setup.popbs("sync", "--never-grant", "198.51.100.0/24", *at("15:01:00"))
+    assert done.returncode == 0
+    assert setup.query(ALICE) is None
+    # And it stays gone when the setting is dropped again: the grant was let go.
+    setup.popbs("sync", *at("15:02:00"), check=True)
+    assert setup.query(ALICE) is None
+
+
+def test_a_session_begun_before_a_revocation_does_not_bring_it_back(
+    setup: Setup,
+) -> None:
+    setup.append(
+        login("198.51.100.9", "EarlierSess01", "14:00:00"),
+        "Dec  4 14:00:05 mail dovecot: imap(alice)<5101><EarlierSess01>: "
+        "Disconnected: Logged out in=210 out=1520",
+    )
+    setup.popbs("sync", *at("14:30:00"), check=True)
+    # Logged in before the revocation, read only after it; logged out after.
+    setup.append(login(ALICE, "AliceSessn001", "14:50:00"))
+    setup.popbs("revoke", ALICE, *at("15:00:00"), check=True)
+    setup.append(
+        "Dec  4 15:05:00 mail dovecot: imap(alice)<5101><AliceSessn001>: "
+        "Disconnected: Logged out in=210 out=1520"
+    )
+    setup.popbs("sync", *at("15:06:00"), check=True)
+    assert setup.query(ALICE) is None
+
+
+def test_a_second_grant_replaces_the_first(setup: Setup) -> None:
+    setup.popbs("grant", ALICE, "--ttl", "2h", *at("15:00:00"), check=True)
+    setup.popbs("grant", ALICE, "--ttl", "10m", *at("15:01:00"), check=True)
+    assert (
+        "until 2026-12-04 15:11:00"
+        in setup.popbs("check", ALICE, *at("15:02:00")).stdout
+    )
+    setup.popbs("sync", *at("15:11:00"), check=True)
+    assert setup.query(ALICE) is None
+
+
+def write_request(setup: Setup, name: str, record: object) -> Path:
+    directory = setup.state_dir / manual.REQUESTS_DIR
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / name
+    path.write_text(json.dumps(record) if not isinstance(record, str) else record)
+    return path
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"action": "grant", "ip": "0.0.0.0/0", "time": 1, "until": 2},
+        {"action": "grant", "ip": "1.2.3.4 OK\nfoo", "time": 1, "until": 2},
+        {"action": "grant", "ip": "198.51.100.9", "time": 1, "until": 1e300},
+        '{"action": "grant", "ip": "198.51.100.9", "time": 1, "until": NaN}',
+        {"action": "grant", "ip": "198.51.100.9", "time": 1, "until": True},
+        "not json at all",
+    ],
+    ids=["network", "newline", "forever", "nan", "bool", "garbage"],
+)
+def test_a_bad_request_is_set_aside_and_syncs_go_on(
+    setup: Setup, record: object
+) -> None:
+    setup.popbs("sync", *at("15:00:00"), check=True)
+    path = write_request(setup, "1.request", record)
+    done = setup.popbs("sync", *at("15:01:00"))
+    assert done.returncode == 0, done.stderr
+    assert "ignoring request" in done.stderr
+    assert not path.exists() and path.with_name("1.request.bad").exists()
+    assert "198.51.100.9" not in setup.map.read_text()
+
+
+def test_a_fifo_request_does_not_hang_the_sync(setup: Setup) -> None:
+    setup.popbs("sync", *at("15:00:00"), check=True)
+    directory = setup.state_dir / manual.REQUESTS_DIR
+    directory.mkdir(mode=0o700)
+    os.mkfifo(directory / "1.request")
+    done = setup.popbs("sync", *at("15:01:00"))
+    assert done.returncode == 0 and "not a regular file" in done.stderr
+
+
+def test_a_queued_grant_of_a_refused_address_is_not_granted(setup: Setup) -> None:
+    setup.popbs("sync", *at("15:00:00"), check=True)
+    now = epoch("15:00:00")
+    for n, ip in enumerate(["127.0.0.1", "192.0.2.9"]):
+        record = {"action": "grant", "ip": ip, "time": now, "until": now + 600}
+        write_request(setup, f"{n}.request", record)
+    done = setup.popbs("sync", "--never-grant", "192.0.2.0/24", *at("15:01:00"))
+    assert done.returncode == 0
+    assert "127.0.0.1" not in setup.map.read_text()
+    assert "192.0.2.9" not in setup.map.read_text()
+
+
+def test_requests_of_another_user_are_not_trusted(setup: Setup) -> None:
+    setup.popbs("sync", *at("15:00:00"), check=True)
+    now = epoch("15:00:00")
+    record = {"action": "grant", "ip": "198.51.100.66", "time": now, "until": now + 600}
+    path = write_request(setup, "1.request", record)
+    os.chown(path, 65534, 65534)
+    done = setup.popbs("sync", *at("15:01:00"))
+    assert done.returncode == 0 and "owned by uid 65534" in done.stderr
+    assert setup.query("198.51.100.66") is None
+
+    # A requests folder others may write to is refused outright.
+    path.with_name("1.request.bad").unlink()
+    path.parent.chmod(0o1733)
+    done = setup.popbs("sync", *at("15:02:00"))
+    assert done.returncode == 5 and "writable by other users" in done.stderr
+
+
+def test_a_state_directory_of_another_user_is_refused(setup: Setup) -> None:
+    setup.state_dir.mkdir(mode=0o700)
+    os.chown(setup.state_dir, 65534, 65534)
+    done = setup.popbs("sync", *at("15:00:00"))
+    assert done.returncode == 5 and "owned by uid 65534" in done.stderr
+    assert not setup.map.exists()
+
+
+def test_reset_waits_for_a_running_sync(setup: Setup) -> None:
+    setup.append(dovecot_line(ALICE, when="Dec  4 14:55:00"))
+    setup.popbs("sync", *at("15:00:00"), check=True)
+    with lock_held(setup):
+        resetting = start(setup, "sync", "--reset", *at("15:01:00"))
+        time.sleep(0.5)
+        assert resetting.poll() is None  # waiting, not gone quietly
+    out, err = resetting.communicate(timeout=60)
+    assert (resetting.returncode, out, err) == (0, "", "")

@@ -462,3 +462,27 @@ def test_temp_files_of_a_killed_run_are_removed(mta_setup: MtaSetup) -> None:
     setup.popbs("publish", "--now", NOW, check=True)
     assert not [path.name for path in old if path.exists()]
     assert young.exists()
+
+
+@pytest.mark.parametrize("kind", ["other-owner", "group-writable", "symlink"])
+def test_a_local_file_root_did_not_write_is_refused(tmp_path: Path, kind: str) -> None:
+    """MAP.local goes first into the table: only root's own file may."""
+    _require(TCPRULES)
+    setup = MtaSetup(tmp_path, mta="qmail")
+    setup.grant_by_login()
+    before = setup.map.with_name("popbs.cdb").read_bytes()
+    local = setup.map_dir / "popbs.local"
+    if kind == "symlink":
+        secret = tmp_path / "secret"
+        secret.write_text(':allow,RELAYCLIENT=""\n')
+        local.symlink_to(secret)
+    else:
+        local.write_text(':allow,RELAYCLIENT=""\n')
+        if kind == "other-owner":
+            os.chown(local, 65534, 65534)
+        else:
+            local.chmod(0o664)
+    done = setup.popbs("sync", "--now", "2026-12-04T15:01:00")
+    assert done.returncode == 4
+    assert "refusing to use" in done.stderr or "Too many levels" in done.stderr
+    assert setup.map.with_name("popbs.cdb").read_bytes() == before

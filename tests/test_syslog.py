@@ -169,7 +169,14 @@ def test_a_missing_system_log_is_one_warning_and_grants_go_on(
     tmp_path: Path,
 ) -> None:
     setup = Setup(tmp_path)
-    setup.append(dovecot_line("198.51.100.2", when="Dec  4 14:45:00"))
+    # A run with nothing to log says nothing, even without a system log:
+    # under cron a warning would be a mail every minute.
+    quiet = run(setup, tmp_path / "no-such-socket", "--syslog", "--now", NOW)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    setup.append(
+        dovecot_line("198.51.100.2", when="Dec  4 14:45:00"),
+        dovecot_line("198.51.100.3", when="Dec  4 14:45:00"),
+    )
     done = run(setup, tmp_path / "no-such-socket", "--syslog", "--now", NOW)
     assert done.returncode == 0
     assert done.stderr == (
@@ -212,3 +219,13 @@ def test_hand_grants_revocations_and_publish_are_logged(
         f"{MAIL_INFO}popbs: pruned 198.51.100.9 time={stamp(2026, 12, 4, 15, 0, 0)}",
         f"{MAIL_INFO}popbs: pruned 198.51.100.2 time={stamp(2026, 12, 4, 14, 40, 0)}",
     ]
+
+
+def test_escapes_read_one_way() -> None:
+    from popbs_tools.audit import field
+
+    assert field("a\u2028b") == "a\\u2028b"
+    assert field("a b") == "a\\x20b"
+    assert field("a\\x20b") == "a\\x5cx20b"
+    assert field("a\U0001f600\nb") == "a\U0001f600\\x0ab"
+    assert field("") == "-"

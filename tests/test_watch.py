@@ -261,3 +261,19 @@ def test_a_line_written_during_a_pass_is_seen_after_it(
     jobs.watch(config, length=2, poll=0.05, idle_pass=600)
     assert len(passes) >= 2
     assert setup.query(ALICE) is not None
+
+
+def test_a_backlog_cut_by_max_read_goes_on_at_once_while_watching(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ips = [f"198.51.{100 + n // 250}.{n % 250 + 1}" for n in range(600)]
+    stamp = time.strftime("%b %e %H:%M:%S")
+    for ip in ips:
+        setup.append(*noise(60, when=stamp), dovecot_line(ip, when=stamp))
+    assert setup.log.stat().st_size > 2 << 20  # three reads of 1M or more
+    config = resolved(setup, ("max_read", "1M"))
+    monkeypatch.setenv("MAIL_CONFIG", str(setup.mail_config))
+    # No new line and no idle pass: only the backlog can make it go on.
+    jobs.watch(config, length=6, poll=0.05, idle_pass=600)
+    granted = setup.map.read_text()
+    assert all(f"{ip} " in granted for ip in ips)
