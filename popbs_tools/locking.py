@@ -83,14 +83,7 @@ def _wanting(path: Path) -> Iterator[None]:
 
 def waited_for(path: Path) -> bool:
     """Whether another process waits for the lock at `path` (which we hold)."""
-    fd = _open(wanted_path(path))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return _held_by_others(wanted_path(path))
 
 
 def _next_path(path: Path) -> Path:
@@ -99,7 +92,13 @@ def _next_path(path: Path) -> Path:
 
 def next_in_line(path: Path) -> bool:
     """Whether a watching run waits in line (first_in_line) for `path`."""
-    fd = _open(_next_path(path))
+    return _held_by_others(_next_path(path))
+
+
+def _held_by_others(path: Path) -> bool:
+    # Taken and let go at once when free: an exclusive try says whether
+    # anyone holds it, shared or not.
+    fd = _open(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
