@@ -68,8 +68,15 @@ class Schedule:
 
 
 def runs_sync(line: str) -> bool:
+    """Whether a crontab line or ExecStart= runs a sync that publishes.
+
+    A --dry-run publishes nothing, and `echo popbs sync` runs nothing.
+    """
     text = line.strip()
-    return bool(text) and not text.startswith("#") and bool(_SYNC.search(text))
+    if not text or text.startswith("#") or not _SYNC.search(text):
+        return False
+    words = text.split()
+    return "--dry-run" not in words and "echo" not in words
 
 
 def find(where: Places) -> Schedule:

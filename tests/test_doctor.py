@@ -487,3 +487,19 @@ def test_another_mta_skips_postfix_checks_and_runs_no_postconf(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "main.cf" not in done.stdout and "postmap" not in done.stdout
     assert "ok       logs" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("line", "runs"),
+    [
+        ("* * * * *  root  popbs sync --watch 65s", True),
+        ("* * * * * root /usr/local/sbin/popbs sync -q", True),
+        ("* * * * *  root  popbs sync --dry-run", False),
+        ("* * * * *  root  echo popbs sync", False),
+        ("# * * * * root popbs sync", False),
+    ],
+)
+def test_what_counts_as_a_scheduled_sync(line: str, runs: bool) -> None:
+    from popbs_tools import schedule
+
+    assert schedule.runs_sync(line) is runs
