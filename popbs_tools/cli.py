@@ -28,6 +28,7 @@ from popbs_tools.errors import (
     EXIT_INTERRUPTED,
     EXIT_NO,
     InputError,
+    MapError,
     OutputError,
     PopbsError,
     SettingsError,
@@ -452,17 +453,17 @@ def merge(config: Settings, files: tuple[str, ...], publish_map: bool) -> int:
       echo 198.51.100.7 | popbs merge --publish
       popbs scan --json old.log | popbs merge
     """
-    entries: list[tuple[str, float]] = []
+    entries: list[jobs.Entry] = []
     for origin, lines in _input_lines(files):
         entries += jobs.parse_entries(lines, origin, config.now)
 
     accepted = []
-    for key, when in entries:
-        refusal = config.policy.refusal(key)
+    for entry in entries:
+        refusal = config.policy.refusal(entry.ip)
         if refusal:
-            log.warning("not granting %s: %s", key, refusal)
+            log.warning("not granting %s: %s", entry.ip, refusal)
         else:
-            accepted.append((key, when))
+            accepted.append(entry)
 
     change = jobs.merge_logins(config, accepted, publish_map)
     jobs.audited(change, {})
@@ -533,12 +534,17 @@ def grant(config: Settings, address: str, ttl: str | None) -> int:
     """
     key = _grantable(config, address)
     try:
-        seconds = parse_duration(ttl) if ttl else config.ttl
+        seconds = parse_duration(ttl) if ttl is not None else config.ttl
     except ValueError as error:
         raise SettingsError(f"bad --ttl: {error}") from None
     until = config.now + seconds
     wanted = manual.Request(manual.GRANT, key, config.now, until, manual.requester())
-    jobs.request(config, wanted)
+    change = jobs.request(config, wanted)
+    if change is not None and key not in change.after:
+        raise MapError(
+            f"{key} was granted but --max-grants {config.max_grants} left it out: "
+            "the grants that last longer were kept"
+        )
     log.info("granted %s until %s", key, format_local(until))
     return 0
 

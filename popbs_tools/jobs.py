@@ -50,6 +50,16 @@ class Change:
     more: bool = False
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One line given to `popbs merge`."""
+
+    ip: str
+    time: float
+    # When the login began, if not at `time` (scan's JSON of a session's end).
+    since: float | None = None
+
+
 def interpreter(settings: Settings) -> Interpreter:
     recogniser = recognise.build(settings.rules, settings.disabled)
     return Interpreter(recogniser, settings.policy, settings.now)
@@ -353,6 +363,9 @@ def _sync_locked(settings: Settings) -> Change:
         if settings.max_read and read_so_far >= settings.max_read:
             log.info("read %d bytes (--max-read); the rest next run", read_so_far)
             found.close()  # type: ignore[attr-defined]
+            # Grants and revocations asked for meanwhile do not wait for
+            # the rest of the backlog.
+            _apply_requests(settings)
             return Change(published=True, more=True)
 
     # Grants and revocations queued by hand meanwhile (see manual.py).
@@ -386,6 +399,7 @@ def sync_edit(
     Revocations and hand grants in `current` apply (and expire there).
     """
     logins = manual.not_revoked(latest.items(), current, began)
+    manual.forget_revoked_sessions(current)
     assert reader.tracker is not None
     reader.tracker.expire(
         settings.now, settings.max_session, settings.ttl, settings.disabled
@@ -499,18 +513,23 @@ def _load_quietly(state_dir: Path) -> state.State:
 
 
 def merge_logins(
-    settings: Settings, logins: list[tuple[str, float]], publish_map: bool = False
+    settings: Settings, entries: list[Entry], publish_map: bool = False
 ) -> Change:
     """Merge logins given by hand, as a sync merges those it reads.
 
-    A revoked address stays revoked unless its login came after the
+    A revoked address stays revoked unless its login began after the
     revocation (which it then lifts).
     """
+    logins = [(entry.ip, entry.time) for entry in entries]
+    began: dict[str, float] = {}
+    for entry in entries:
+        start = entry.time if entry.since is None else entry.since
+        began[entry.ip] = max(start, began.get(entry.ip, -1))
     try:
         with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
             saved = state.load(settings.state_dir)
             current = saved.copy()
-            kept = manual.not_revoked(logins, current)
+            kept = manual.not_revoked(logins, current, began)
             change = update(
                 settings,
                 lambda table: grants.merge(table, kept, settings.now),
@@ -614,38 +633,37 @@ def publish_now(settings: Settings) -> None:
     audited(change, {})
 
 
-def parse_entries(
-    lines: Iterable[str], origin: str, now: float
-) -> list[tuple[str, float]]:
+def parse_entries(lines: Iterable[str], origin: str, now: float) -> list[Entry]:
     """`IP [TIME ...]` lines or scan's JSON lines; raise InputError on a bad one."""
-    entries: list[tuple[str, float]] = []
+    entries: list[Entry] = []
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        raw_ip, raw_time = _fields(text)
+        raw_ip, raw_time, raw_since = _fields(text)
         key = normalise(raw_ip) if raw_ip else None
         when = _number(raw_time, now)
-        if key is None or when is None:
+        since = None if raw_since is None else _number(raw_since, now)
+        if key is None or when is None or (raw_since is not None and since is None):
             raise InputError(
                 f"{origin}, line {number}: expected 'IP [TIME]' or scan's JSON, "
                 f"found {text[:60]!r}; nothing was merged"
             )
-        entries.append((key, when))
+        entries.append(Entry(key, when, since))
     return entries
 
 
-def _fields(text: str) -> tuple[str | None, object]:
+def _fields(text: str) -> tuple[str | None, object, object]:
     if text.startswith("{"):
         try:
             record = json.loads(text)
         except ValueError:
-            return None, None
+            return None, None, None
         if not isinstance(record, dict) or not isinstance(record.get("ip"), str):
-            return None, None
-        return record["ip"], record.get("time")
+            return None, None, None
+        return record["ip"], record.get("time"), record.get("since")
     fields = text.split()
-    return fields[0], fields[1] if len(fields) > 1 else None
+    return fields[0], fields[1] if len(fields) > 1 else None, None
 
 
 def _number(raw: object, now: float) -> float | None:

@@ -180,9 +180,11 @@ def done(requests: Iterable[Request]) -> None:
 def apply(requests: Iterable[Request], state: State, policy: Policy) -> set[str]:
     """Record the requests in `state` (grants, revocations, sessions).
 
-    Returns the addresses granted by hand now: their grant file time is set
-    to end the grant as asked (see adjust). A grant the policy refuses (the
-    settings changed since it was queued) is dropped with a warning.
+    Returns the addresses whose earlier hand grant a new one replaces: their
+    grant file time is set to end the grant as the new one asks (see adjust),
+    sooner if need be. A grant from a login is never shortened so. A grant
+    the policy refuses (the settings changed since it was queued) is dropped
+    with a warning.
     """
     fresh: set[str] = set()
     for request in requests:
@@ -191,9 +193,10 @@ def apply(requests: Iterable[Request], state: State, policy: Policy) -> set[str]
             if refusal:
                 log.warning("not granting %s by hand: %s", request.ip, refusal)
                 continue
+            if request.ip in state.manual:
+                fresh.add(request.ip)
             state.manual[request.ip] = request.until
             state.revoked.pop(request.ip, None)
-            fresh.add(request.ip)
             continue
         fresh.discard(request.ip)
         state.manual.pop(request.ip, None)
@@ -204,6 +207,18 @@ def apply(requests: Iterable[Request], state: State, policy: Policy) -> set[str]
             if session.ip == request.ip:
                 del state.sessions[key]
     return fresh
+
+
+def forget_revoked_sessions(state: State) -> None:
+    """Forget the open IMAP sessions that began before their address was revoked.
+
+    A login read only after the revocation opens its session again: it must
+    not keep the address granted once the revocation itself has expired.
+    """
+    for key, session in list(state.sessions.items()):
+        revoked = state.revoked.get(session.ip)
+        if revoked is not None and session.since <= revoked:
+            del state.sessions[key]
 
 
 def not_revoked(

@@ -156,17 +156,18 @@ def _read_local(path: Path | None) -> bytes:
         return b""
     except OSError as error:
         raise MapError(f"cannot read {path}: {error.strerror}") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "it is not a regular file"
+    elif info.st_uid not in (0, os.geteuid()):
+        problem = f"it is owned by uid {info.st_uid}"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = "it is writable by other users"
+    if problem:
+        os.close(fd)
+        raise MapError(f"refusing to use {path}: {problem}")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        problem = None
-        if not stat.S_ISREG(info.st_mode):
-            problem = "it is not a regular file"
-        elif info.st_uid not in (0, os.geteuid()):
-            problem = f"it is owned by uid {info.st_uid}"
-        elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            problem = "it is writable by other users"
-        if problem:
-            raise MapError(f"refusing to use {path}: {problem}")
         return handle.read()
 
 

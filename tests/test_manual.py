@@ -389,3 +389,53 @@ def test_reset_waits_for_a_running_sync(setup: Setup) -> None:
         assert resetting.poll() is None  # waiting, not gone quietly
     out, err = resetting.communicate(timeout=60)
     assert (resetting.returncode, out, err) == (0, "", "")
+
+
+def test_a_session_read_after_its_revocation_never_relays_again(setup: Setup) -> None:
+    """The login is logged before the revocation but read after it; the
+    session stays open past the revocation's own expiry."""
+    setup.append(
+        login("198.51.100.9", "EarlierSess01", "14:00:00"),
+        "Dec  4 14:00:05 mail dovecot: imap(alice)<5101><EarlierSess01>: "
+        "Disconnected: Logged out in=210 out=1520",
+    )
+    setup.popbs("sync", *at("14:00:10"), check=True)
+    setup.append(login(ALICE, "AliceSessn001", "14:00:20"))
+    setup.popbs("revoke", ALICE, *at("14:01:00"), check=True)
+    for clock in ("14:01:10", "14:32:10", "14:40:00", "15:00:00"):
+        setup.popbs("sync", *at(clock), check=True)
+        assert setup.query(ALICE) is None, clock
+
+
+def test_merge_of_a_session_end_that_began_before_a_revocation(setup: Setup) -> None:
+    setup.popbs("revoke", ALICE, *at("15:00:00"), check=True)
+    record = {
+        "ip": ALICE,
+        "time": epoch("15:05:00"),
+        "since": epoch("14:55:00"),
+        "user": "alice",
+        "server": "dovecot",
+    }
+    setup.popbs(
+        "merge", "--publish", *at("15:06:00"), stdin=json.dumps(record), check=True
+    )
+    assert setup.query(ALICE) is None
+
+
+def test_a_short_hand_grant_never_shortens_a_login(setup: Setup) -> None:
+    setup.append(dovecot_line(ALICE, when="Dec  4 15:00:00"))
+    setup.popbs("sync", *at("15:00:30"), check=True)
+    setup.popbs("grant", ALICE, "--ttl", "5m", *at("15:01:00"), check=True)
+    setup.popbs("sync", *at("15:10:00"), check=True)
+    assert setup.query(ALICE) == str(epoch("15:00:00"))
+
+
+def test_a_grant_cut_by_max_grants_is_an_error(setup: Setup) -> None:
+    setup.append(
+        *(dovecot_line(f"198.51.100.{n}", when="Dec  4 15:00:00") for n in (5, 6))
+    )
+    setup.popbs("sync", "--max-grants", "2", *at("15:00:30"), check=True)
+    done = setup.popbs(
+        "grant", ALICE, "--ttl", "5m", "--max-grants", "2", *at("15:01:00")
+    )
+    assert done.returncode == 4 and "--max-grants" in done.stderr

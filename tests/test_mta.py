@@ -464,7 +464,9 @@ def test_temp_files_of_a_killed_run_are_removed(mta_setup: MtaSetup) -> None:
     assert young.exists()
 
 
-@pytest.mark.parametrize("kind", ["other-owner", "group-writable", "symlink"])
+@pytest.mark.parametrize(
+    "kind", ["other-owner", "group-writable", "symlink", "directory"]
+)
 def test_a_local_file_root_did_not_write_is_refused(tmp_path: Path, kind: str) -> None:
     """MAP.local goes first into the table: only root's own file may."""
     _require(TCPRULES)
@@ -476,6 +478,8 @@ def test_a_local_file_root_did_not_write_is_refused(tmp_path: Path, kind: str) -
         secret = tmp_path / "secret"
         secret.write_text(':allow,RELAYCLIENT=""\n')
         local.symlink_to(secret)
+    elif kind == "directory":
+        local.mkdir()
     else:
         local.write_text(':allow,RELAYCLIENT=""\n')
         if kind == "other-owner":
@@ -484,5 +488,7 @@ def test_a_local_file_root_did_not_write_is_refused(tmp_path: Path, kind: str) -
             local.chmod(0o664)
     done = setup.popbs("sync", "--now", "2026-12-04T15:01:00")
     assert done.returncode == 4
-    assert "refusing to use" in done.stderr or "Too many levels" in done.stderr
+    assert "refusing to use" in done.stderr or "Too many levels" in done.stderr, (
+        done.stderr
+    )
     assert setup.map.with_name("popbs.cdb").read_bytes() == before

@@ -1,6 +1,7 @@
 """`popbs sync --watch`: publish within a second, hand over between cron minutes,
 lose nothing when killed; on real files with the real postmap."""
 
+import json
 import os
 import random
 import signal
@@ -277,3 +278,21 @@ def test_a_backlog_cut_by_max_read_goes_on_at_once_while_watching(
     jobs.watch(config, length=6, poll=0.05, idle_pass=600)
     granted = setup.map.read_text()
     assert all(f"{ip} " in granted for ip in ips)
+
+
+def test_a_grant_during_a_max_read_backlog_does_not_wait_for_it(
+    setup: Setup, runs: Runs
+) -> None:
+    stamp = time.strftime("%b %e %H:%M:%S")
+    for n in range(4000):
+        ip = f"10.1.{n // 250}.{n % 250 + 1}"
+        setup.append(*noise(60, when=stamp), dovecot_line(ip, when=stamp))
+    watching = runs.start("sync", "--watch", "60s", "--max-read", "64K")
+    wait_until(setup.db.exists)
+    done = setup.popbs("grant", ALICE)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert setup.query(ALICE) is not None
+    # Applied while the backlog was still being read, not after it.
+    saved = json.loads((setup.state_dir / "state.json").read_text())
+    assert saved["logs"][str(setup.log)]["offset"] < setup.log.stat().st_size
+    assert watching.poll() is None
