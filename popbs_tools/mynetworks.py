@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from popbs_tools import postfix
-from popbs_tools.addresses import IPNetwork, parse_network
+from popbs_tools.addresses import IPNetwork, ipv4_number, parse_network
 from popbs_tools.errors import MapError
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,33 @@ class PostfixNetworks:
 
     def __init__(self) -> None:
         self._entries: list[Entry] | None = None
+        # The IPv4 entries as number ranges, in order: asked for every login
+        # read, this spares building an ipaddress object each time.
+        self._ipv4: list[tuple[int, int, Entry]] = []
 
     def trusts(self, key: str) -> str | None:
         """The mynetworks entry that covers `key`, or None."""
         if self._entries is None:
             self._entries = self._load()
-        found = match(self._entries, key)
+            self._ipv4 = [
+                (
+                    int(entry.network.network_address),
+                    int(entry.network.broadcast_address),
+                    entry,
+                )
+                for entry in self._entries
+                if entry.network.version == 4
+            ]
+        number = ipv4_number(key)
+        if number is None:
+            found = match(self._entries, key)
+        else:
+            found = next(
+                (entry for low, high, entry in self._ipv4 if low <= number <= high),
+                None,
+            )
+            if found is not None and found.negated:
+                found = None
         return found.text if found else None
 
     @staticmethod

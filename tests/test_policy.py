@@ -236,3 +236,27 @@ def test_failing_postconf_grants_anyway_with_a_note(tmp_path: Path) -> None:
     assert "not checking Postfix's mynetworks: postconf -xh mynetworks failed" in (
         loud.stderr
     )
+
+
+def test_the_ipv4_fast_path_agrees_with_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostfixNetworks answers IPv4 by number ranges; match() by ipaddress."""
+    import ipaddress
+    import random
+
+    from popbs_tools import mynetworks
+
+    value = "10.0.0.0/8 !10.1.0.0/16 10.1.2.0/24 192.0.2.7 [2001:db8::]/32 !127.0.0.0/8"
+    entries = parse(value)
+    monkeypatch.setattr(
+        mynetworks.PostfixNetworks, "_load", staticmethod(lambda: entries)
+    )
+    trusted = mynetworks.PostfixNetworks()
+    rng = random.Random(11)
+    numbers = [rng.getrandbits(32) for _ in range(20000)]
+    numbers += [0x0A000000, 0x0A010000, 0x0A010201, 0x0A01FFFF, 0xC0000207, 0x7F000001]
+    numbers += [rng.randrange(0x0A000000, 0x0B000000) for _ in range(5000)]
+    for number in numbers:
+        key = str(ipaddress.IPv4Address(number))
+        expected = match(entries, key)
+        assert trusted.trusts(key) == (expected.text if expected else None), key
+    assert trusted.trusts("2001:db8::5") == "[2001:db8::]/32"
