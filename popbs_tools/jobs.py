@@ -193,23 +193,34 @@ def _lock_path(settings: Settings) -> Path:
     return lock
 
 
+@contextlib.contextmanager
+def _waiting_lock(settings: Settings, then: str = "try again") -> Iterator[None]:
+    """The lock for a command run by hand: wait for a running sync to hand it
+    over (a watching one does at its next poll), at most MANUAL_WAIT."""
+    try:
+        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
+            yield
+    except locking.Busy:
+        raise StateError(
+            f"another popbs run has held {settings.state_dir / state.LOCK_FILE} "
+            f"for {MANUAL_WAIT:.0f}s; {then}"
+        ) from None
+
+
 def sync(settings: Settings, reset: bool = False) -> Change | None:
     """The cron job. Returns None when another run holds the lock.
 
     With `reset`, an admin's recovery step, it waits for a running (or
     watching) sync to hand the lock over, as the other manual commands do.
     """
+    if reset:
+        with _waiting_lock(settings, "nothing was reset: try again"):
+            state.reset(settings.state_dir)
+            return _sync_locked(settings)
     try:
-        with locking.held(_lock_path(settings), wait=MANUAL_WAIT if reset else 0):
-            if reset:
-                state.reset(settings.state_dir)
+        with locking.held(_lock_path(settings)):
             return _sync_locked(settings)
     except locking.Busy:
-        if reset:
-            raise StateError(
-                f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; "
-                "nothing was reset: try again"
-            ) from None
         log.info("another popbs run holds the lock; nothing done")
         return None
 
@@ -330,15 +341,7 @@ def _sync_locked(settings: Settings) -> Change:
     saved = state.load(settings.state_dir)
     reader = interpreter(settings)
     every = min(CHECKPOINT, settings.max_read) if settings.max_read else CHECKPOINT
-    found, current = scan_configured(
-        reader,
-        settings.logs,
-        journal_source(settings),
-        saved,
-        False,
-        every,
-        settings.rotated,
-    )
+    found, current = scan_logs(settings, reader, saved, False, every)
 
     latest: Grants = {}
     # When the newest login of each address began (a session's end is
@@ -455,6 +458,25 @@ def _commit_checkpoint(
     state.save(settings.state_dir, snapshot)
 
 
+def scan_logs(
+    settings: Settings,
+    reader: Interpreter,
+    saved: state.State,
+    from_start: bool,
+    checkpoint_every: int = 0,
+) -> tuple[Iterator[Found | Checkpoint], state.State]:
+    """scan_configured on the logs, journal and rotated places of `settings`."""
+    return scan_configured(
+        reader,
+        settings.logs,
+        journal_source(settings),
+        saved,
+        from_start,
+        checkpoint_every,
+        settings.rotated,
+    )
+
+
 def journal_source(settings: Settings) -> JournalSource | None:
     if not settings.journal:
         return None
@@ -469,41 +491,21 @@ def scan_with_state(
     reset: bool = False,
 ) -> None:
     """Report logins since the saved offsets, then save the new offsets."""
-    try:
-        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
-            if reset:
-                state.reset(settings.state_dir)
-            saved = state.load(settings.state_dir)
-            found, current = scan_configured(
-                interpreter(settings),
-                settings.logs,
-                journal_source(settings),
-                saved,
-                from_start,
-                rotated=settings.rotated,
-            )
-            for login in found:
-                if isinstance(login, Found):
-                    emit(login)
-            if current != saved:
-                state.save(settings.state_dir, current)
-    except locking.Busy:
-        raise StateError(
-            f"another popbs run has held {settings.state_dir / state.LOCK_FILE} "
-            f"for {MANUAL_WAIT:.0f}s; try again"
-        ) from None
+    with _waiting_lock(settings):
+        if reset:
+            state.reset(settings.state_dir)
+        saved = state.load(settings.state_dir)
+        found, current = scan_logs(settings, interpreter(settings), saved, from_start)
+        for login in found:
+            if isinstance(login, Found):
+                emit(login)
+        if current != saved:
+            state.save(settings.state_dir, current)
 
 
 def scan_without_state(settings: Settings, from_start: bool) -> Iterator[Found]:
     saved = state.State() if from_start else _load_quietly(settings.state_dir)
-    found, _ = scan_configured(
-        interpreter(settings),
-        settings.logs,
-        journal_source(settings),
-        saved,
-        from_start,
-        rotated=settings.rotated,
-    )
+    found, _ = scan_logs(settings, interpreter(settings), saved, from_start)
     return (item for item in found if isinstance(item, Found))
 
 
@@ -525,23 +527,18 @@ def merge_logins(
     for entry in entries:
         start = entry.time if entry.since is None else entry.since
         began[entry.ip] = max(start, began.get(entry.ip, -1))
-    try:
-        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
-            saved = state.load(settings.state_dir)
-            current = saved.copy()
-            kept = manual.not_revoked(logins, current, began)
-            change = update(
-                settings,
-                lambda table: grants.merge(table, kept, settings.now),
-                publish_map,
-            )
-            if current != saved:
-                state.save(settings.state_dir, current)
-            return change
-    except locking.Busy:
-        raise StateError(
-            f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; try again"
-        ) from None
+    with _waiting_lock(settings):
+        saved = state.load(settings.state_dir)
+        current = saved.copy()
+        kept = manual.not_revoked(logins, current, began)
+        change = update(
+            settings,
+            lambda table: grants.merge(table, kept, settings.now),
+            publish_map,
+        )
+        if current != saved:
+            state.save(settings.state_dir, current)
+        return change
 
 
 def locked_update(
@@ -550,13 +547,8 @@ def locked_update(
     publish_map: bool,
     force: bool = False,
 ) -> Change:
-    try:
-        with locking.held(_lock_path(settings), wait=MANUAL_WAIT):
-            return update(settings, edit, publish_map, force)
-    except locking.Busy:
-        raise StateError(
-            f"another popbs run has held the lock for {MANUAL_WAIT:.0f}s; try again"
-        ) from None
+    with _waiting_lock(settings):
+        return update(settings, edit, publish_map, force)
 
 
 def request(settings: Settings, wanted: manual.Request) -> Change | None:

@@ -5,7 +5,6 @@ overrides (-P, Postfix 2.11 and later) and the services (-F), and honours
 MAIL_CONFIG; parsing the files ourselves would get each of those subtly wrong.
 """
 
-import subprocess
 from dataclasses import dataclass
 
 from popbs_tools import postfix
@@ -30,15 +29,10 @@ class Postconf:
         self.command = command or postfix.find_postconf()
 
     def _run(self, *args: str) -> str:
-        argv = [self.command, *args]
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise PostconfError(f"cannot run {self.command}: {error}") from None
-        if done.returncode != 0:
-            detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise PostconfError(f"postconf {' '.join(args)} failed: {detail}")
-        return done.stdout
+            return postfix.run_postconf(*args, command=self.command)
+        except MapError as error:
+            raise PostconfError(str(error)) from None
 
     def value(self, name: str) -> str:
         """A main.cf parameter with every $name in it expanded."""

@@ -29,6 +29,21 @@ def find_postconf() -> str:
     return found
 
 
+def run_postconf(*args: str, command: str | None = None) -> str:
+    """postconf's output for `args`; MapError with its last word if it fails."""
+    import subprocess
+
+    argv = [command or find_postconf(), *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise MapError(f"cannot run {argv[0]}: {error}") from None
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise MapError(f"postconf {' '.join(args)} failed: {detail}")
+    return done.stdout
+
+
 @cache
 def postconf(name: str, expand: bool = False) -> str:
     """One main.cf parameter, read as Postfix reads it (MAIL_CONFIG included).
@@ -36,17 +51,7 @@ def postconf(name: str, expand: bool = False) -> str:
     With `expand`, $name references in the value are expanded (postconf -x,
     Postfix 2.10 and later).
     """
-    import subprocess
-
-    command = [find_postconf(), "-xh" if expand else "-h", name]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise MapError(f"cannot run {command[0]}: {error}") from None
-    if done.returncode != 0:
-        detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise MapError(f"postconf {command[1]} {name} failed: {detail}")
-    return done.stdout.strip()
+    return run_postconf("-xh" if expand else "-h", name).strip()
 
 
 def default_map_type() -> str:

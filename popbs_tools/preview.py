@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from popbs_tools import jobs, manual, mtas, state
 from popbs_tools.grants import Grants
-from popbs_tools.scan import Found, scan_configured
+from popbs_tools.scan import Found
 from popbs_tools.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,7 @@ def dry_run(settings: Settings, reset: bool = False) -> Preview:
         # As state.reset: only the hand grants and revocations are kept.
         saved = state.State(manual=saved.manual, revoked=saved.revoked)
     reader = jobs.interpreter(settings)
-    found, current = scan_configured(
-        reader,
-        settings.logs,
-        jobs.journal_source(settings),
-        saved,
-        False,
-        rotated=settings.rotated,
-    )
+    found, current = jobs.scan_logs(settings, reader, saved, False)
 
     latest: Grants = {}
     began: dict[str, float] = {}
